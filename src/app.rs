@@ -1,0 +1,150 @@
+//! Building the service from its configuration, and serving it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{TokenKeys, load_or_create_secret};
+use crate::config::Config;
+use crate::db::Database;
+use crate::import::{ImportService, ImportSettings};
+use crate::keys::KeySpace;
+use crate::state::{Flags, MemoryBackend, RedisBackend, StateLayer};
+use crate::tasks::TaskStatusStore;
+
+/// Everything a request handler can reach.
+pub struct App {
+    pub config: Config,
+    pub db: Database,
+    pub state: Arc<StateLayer>,
+    pub tasks: TaskStatusStore,
+    pub imports: Arc<ImportService>,
+    pub tokens: TokenKeys,
+    /// Stops the background work (workers, monitors) of this app.
+    pub background: CancellationToken,
+}
+
+impl App {
+    /// Connects to the database (migrating it), prepares Redis (lazily: a
+    /// Redis that is down at start is a degraded start, not a failed one)
+    /// and starts the background work.
+    pub async fn build(config: Config) -> anyhow::Result<Arc<Self>> {
+        config.validate()?;
+        crate::telemetry::metrics_handle();
+        let db = Database::connect(&config.database_url()).await?;
+        let secret = load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+        let tokens = TokenKeys::new(&secret, config.jwt_ttl_seconds);
+
+        let keys = KeySpace::new(&config.redis_prefix, &config.app_env)?;
+        let memory = Arc::new(MemoryBackend::new(config.memory_max_keys));
+        let redis_settings = config.redis_settings();
+        let redis = redis_settings
+            .as_ref()
+            .map(RedisBackend::new)
+            .transpose()?
+            .map(Arc::new);
+        let flags = Arc::new(Flags::new(config.env_flags()));
+        let state = Arc::new(StateLayer::new(
+            keys,
+            memory,
+            redis,
+            flags,
+            config.redis_dual_write,
+            config.redis_fallback,
+        ));
+
+        let background = CancellationToken::new();
+        if let Some(redis) = state.redis() {
+            // Learn Redis's state and the flag overrides before serving.
+            if !redis.probe().await {
+                tracing::warn!(
+                    "Redis is configured but unreachable at start: features wanting it serve from their fallback"
+                );
+            }
+            state.refresh_flags().await;
+        }
+        let health = redis_settings.map_or(Duration::from_millis(500), |s| s.health_interval);
+        state.spawn_background(
+            health,
+            Duration::from_millis(config.flags_refresh_ms.max(100)),
+            background.clone(),
+        );
+
+        let tasks = TaskStatusStore::new(
+            state.clone(),
+            Duration::from_secs(config.task_status_ttl_seconds),
+        );
+        let imports = ImportService::start(
+            db.clone(),
+            tasks.clone(),
+            ImportSettings {
+                workers: config.import_workers,
+                queue_capacity: config.import_queue_capacity,
+                parse_timeout: Duration::from_secs(config.import_parse_timeout_seconds),
+                stage_delay: Duration::from_millis(config.import_stage_delay_ms),
+            },
+            background.clone(),
+        );
+        tracing::info!(
+            redis_configured = state.redis().is_some(),
+            features = ?state.all_feature_status(),
+            "reportd ready"
+        );
+        Ok(Arc::new(Self {
+            config,
+            db,
+            state,
+            tasks,
+            imports,
+            tokens,
+            background,
+        }))
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets
+/// in-flight requests finish and stops the background work.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let router = crate::http::router(app.clone());
+    let result = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("server error");
+    app.background.cancel();
+    app.db.close().await;
+    result
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received, finishing in-flight requests");
+}

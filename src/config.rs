@@ -1,0 +1,321 @@
+//! Command line and configuration.
+//!
+//! One clap struct gives every setting both as a flag and as the environment
+//! variable named in SPEC §4 and §7 (a `.env` file is read first if present).
+//! `reportd --help` lists them all. Values are checked at start-up:
+//! [`Config::validate`] turns a bad combination into a clear error.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::keys::KeySpace;
+use crate::state::{FallbackMode, Flag, RedisSettings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "reportd",
+    version,
+    about = "Backend of an AI report-writing application"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve,
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user. The password comes from REPORTD_PASSWORD, else from
+    /// standard input (first line).
+    Add {
+        name: String,
+        /// Give the user the admin role.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Deployment environment; part of every Redis key. `prod` enforces a real JWT secret.
+    #[arg(long, env = "APP_ENV", default_value = "dev")]
+    pub app_env: String,
+    /// Directory for the default SQLite file and the generated dev secret.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// sqlx URL: sqlite:///abs.db, sqlite://relative.db or postgres://… (default: a SQLite file in DATA_DIR).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// HS256 signing secret, at least 32 bytes (required when APP_ENV=prod).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Lifetime of an access token.
+    #[arg(long, env = "JWT_TTL_SECONDS", default_value_t = 86_400)]
+    pub jwt_ttl_seconds: u64,
+
+    /// Full Redis URL (redis://[:password@]host:port/db); overrides REDIS_HOST and friends.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    #[arg(long, env = "REDIS_DB", default_value_t = 0)]
+    pub redis_db: u32,
+    /// First part of every Redis key.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "langextract")]
+    pub redis_prefix: String,
+
+    /// Master switch: 0 keeps all state in process memory.
+    #[arg(long, env = "REDIS_ENABLED", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub redis_enabled: bool,
+    /// Import task status in Redis.
+    #[arg(long, env = "REDIS_TASK_STATUS_ENABLED", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub redis_task_status_enabled: bool,
+    /// The three chat sessions in Redis.
+    #[arg(long, env = "REDIS_CHAT_SESSION_ENABLED", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub redis_chat_session_enabled: bool,
+    /// Short-TTL cache of read-heavy endpoints in Redis.
+    #[arg(long, env = "REDIS_CACHE_ENABLED", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub redis_cache_enabled: bool,
+    /// Rate and concurrency limits shared through Redis.
+    #[arg(long, env = "REDIS_RATE_LIMIT_ENABLED", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub redis_rate_limit_enabled: bool,
+    /// Also write state to memory while Redis serves, so turning a flag off loses nothing.
+    #[arg(long, env = "REDIS_DUAL_WRITE", default_value = "1", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub redis_dual_write: bool,
+    /// What to do when Redis fails.
+    #[arg(long, env = "REDIS_FALLBACK", value_enum, default_value = "memory")]
+    pub redis_fallback: FallbackMode,
+    /// Time allowed to open a connection to Redis.
+    #[arg(long, env = "REDIS_CONNECT_TIMEOUT_MS", default_value_t = 300)]
+    pub redis_connect_timeout_ms: u64,
+    /// Time allowed for one Redis command.
+    #[arg(long, env = "REDIS_COMMAND_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_command_timeout_ms: u64,
+    /// How often Redis is pinged (closes the circuit breaker when it is back).
+    #[arg(long, env = "REDIS_HEALTH_INTERVAL_MS", default_value_t = 500)]
+    pub redis_health_interval_ms: u64,
+    /// How often the run-time flag overrides are reloaded from Redis.
+    #[arg(long, env = "FLAGS_REFRESH_MS", default_value_t = 1000)]
+    pub flags_refresh_ms: u64,
+    /// Cap on entries held in process memory (expired entries are swept anyway).
+    #[arg(long, env = "MEMORY_MAX_KEYS", default_value_t = 200_000)]
+    pub memory_max_keys: usize,
+
+    /// How long an import task's status is kept.
+    #[arg(long, env = "TASK_STATUS_TTL_SECONDS", default_value_t = 86_400)]
+    pub task_status_ttl_seconds: u64,
+    /// Largest accepted upload.
+    #[arg(long, env = "MAX_UPLOAD_MB", default_value_t = 50)]
+    pub max_upload_mb: u64,
+    /// Imports processed at once by this instance.
+    #[arg(long, env = "IMPORT_WORKERS", default_value_t = 2)]
+    pub import_workers: usize,
+    /// Imports waiting for a worker before new uploads are refused (503).
+    #[arg(long, env = "IMPORT_QUEUE_CAPACITY", default_value_t = 64)]
+    pub import_queue_capacity: usize,
+    /// Longest time one document may take to parse before its import fails.
+    #[arg(long, env = "IMPORT_PARSE_TIMEOUT_SECONDS", default_value_t = 120)]
+    pub import_parse_timeout_seconds: u64,
+    /// Pause between import stages (demos and tests that watch progress); 0 in production.
+    #[arg(long, env = "IMPORT_STAGE_DELAY_MS", default_value_t = 0)]
+    pub import_stage_delay_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Checks what clap cannot: combinations and formats.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        KeySpace::new(&self.redis_prefix, &self.app_env)?;
+        if self.is_prod() {
+            match &self.jwt_secret {
+                Some(s) if s.len() >= 32 => {}
+                _ => anyhow::bail!("APP_ENV=prod needs JWT_SECRET of at least 32 bytes"),
+            }
+        }
+        if let Some(s) = &self.jwt_secret
+            && s.len() < 32
+        {
+            anyhow::bail!("JWT_SECRET must be at least 32 bytes");
+        }
+        anyhow::ensure!(self.max_upload_mb >= 1, "MAX_UPLOAD_MB must be at least 1");
+        anyhow::ensure!(
+            self.import_workers >= 1,
+            "IMPORT_WORKERS must be at least 1"
+        );
+        anyhow::ensure!(
+            self.import_queue_capacity >= 1,
+            "IMPORT_QUEUE_CAPACITY must be at least 1"
+        );
+        anyhow::ensure!(
+            self.task_status_ttl_seconds >= 60,
+            "TASK_STATUS_TTL_SECONDS must be at least 60"
+        );
+        anyhow::ensure!(
+            self.redis_command_timeout_ms >= 10,
+            "REDIS_COMMAND_TIMEOUT_MS must be at least 10"
+        );
+        if let Some(url) = &self.database_url {
+            anyhow::ensure!(
+                url.starts_with("sqlite:")
+                    || url.starts_with("postgres://")
+                    || url.starts_with("postgresql://"),
+                "DATABASE_URL must start with sqlite:, postgres:// or postgresql://"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn is_prod(&self) -> bool {
+        self.app_env == "prod"
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("reportd.db").display()))
+    }
+
+    /// The Redis client settings, when Redis connection settings are given.
+    pub fn redis_settings(&self) -> Option<RedisSettings> {
+        let url = match (&self.redis_url, &self.redis_host) {
+            (Some(url), _) if !url.is_empty() => url.clone(),
+            (_, Some(host)) if !host.is_empty() => {
+                let auth = match &self.redis_password {
+                    Some(pw) if !pw.is_empty() => format!(":{}@", percent_encode(pw)),
+                    _ => String::new(),
+                };
+                format!("redis://{auth}{host}:{}/{}", self.redis_port, self.redis_db)
+            }
+            _ => return None,
+        };
+        Some(RedisSettings {
+            url,
+            connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms),
+            command_timeout: Duration::from_millis(self.redis_command_timeout_ms),
+            health_interval: Duration::from_millis(self.redis_health_interval_ms.max(50)),
+        })
+    }
+
+    pub fn env_flags(&self) -> BTreeMap<Flag, bool> {
+        BTreeMap::from([
+            (Flag::RedisEnabled, self.redis_enabled),
+            (Flag::TaskStatus, self.redis_task_status_enabled),
+            (Flag::ChatSession, self.redis_chat_session_enabled),
+            (Flag::Cache, self.redis_cache_enabled),
+            (Flag::RateLimit, self.redis_rate_limit_enabled),
+        ])
+    }
+
+    pub fn max_upload_bytes(&self) -> usize {
+        usize::try_from(self.max_upload_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["reportd"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().config
+    }
+
+    #[test]
+    fn redis_url_is_built_from_parts_with_an_encoded_password() {
+        let c = parse(&[
+            "--redis-host",
+            "cache",
+            "--redis-port",
+            "6380",
+            "--redis-password",
+            "p@ss:w/rd",
+            "--redis-db",
+            "2",
+        ]);
+        assert_eq!(
+            c.redis_settings().unwrap().url,
+            "redis://:p%40ss%3Aw%2Frd@cache:6380/2"
+        );
+        let c = parse(&["--redis-url", "redis://x:1/0", "--redis-host", "ignored"]);
+        assert_eq!(c.redis_settings().unwrap().url, "redis://x:1/0");
+    }
+
+    #[test]
+    fn flags_accept_the_usual_spellings() {
+        let c = parse(&[
+            "--redis-enabled",
+            "true",
+            "--redis-dual-write",
+            "0",
+            "--redis-fallback",
+            "readonly",
+        ]);
+        assert!(c.redis_enabled && !c.redis_dual_write);
+        assert_eq!(c.redis_fallback, FallbackMode::Readonly);
+        assert!(Cli::try_parse_from(["reportd", "--redis-enabled", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn prod_needs_a_real_secret() {
+        assert!(parse(&["--app-env", "prod"]).validate().is_err());
+        assert!(
+            parse(&["--app-env", "prod", "--jwt-secret", "short"])
+                .validate()
+                .is_err()
+        );
+        assert!(
+            parse(&["--app-env", "prod", "--jwt-secret", &"s".repeat(32)])
+                .validate()
+                .is_ok()
+        );
+        assert!(parse(&["--app-env", "bad:env"]).validate().is_err());
+    }
+}

@@ -1,0 +1,231 @@
+use sqlx::FromRow;
+
+use super::Database;
+use crate::ids::{DocumentId, TaskId, UserId};
+
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct Document {
+    pub id: String,
+    #[serde(skip)]
+    pub user_id: String,
+    pub title: String,
+    pub filename: String,
+    pub format: String,
+    pub size_bytes: i64,
+    pub chunk_count: i64,
+    #[serde(skip)]
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct Chunk {
+    pub id: String,
+    pub position: i64,
+    pub heading_path: String,
+    pub content: String,
+}
+
+/// A chunk about to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChunk {
+    pub heading_path: String,
+    pub content: String,
+}
+
+/// An upload waiting for its import job.
+#[derive(Debug, Clone, FromRow)]
+pub struct StagedUpload {
+    pub task_id: String,
+    pub user_id: String,
+    pub filename: String,
+    pub title: String,
+    pub format: String,
+    pub content: Vec<u8>,
+    pub created_at: i64,
+}
+
+const DOCUMENT_COLUMNS: &str =
+    "id, user_id, title, filename, format, size_bytes, chunk_count, created_at";
+
+/// Rows per multi-row INSERT of chunks (6 parameters each, far below both
+/// databases' parameter limits).
+const CHUNK_BATCH: usize = 100;
+
+impl Database {
+    /// Stores a document and its chunks in one transaction.
+    pub async fn insert_document(
+        &self,
+        doc: &Document,
+        chunks: &[NewChunk],
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO documents (id, user_id, title, filename, format, size_bytes, chunk_count, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&doc.id)
+        .bind(&doc.user_id)
+        .bind(&doc.title)
+        .bind(&doc.filename)
+        .bind(&doc.format)
+        .bind(doc.size_bytes)
+        .bind(doc.chunk_count)
+        .bind(doc.created_at)
+        .execute(&mut *tx)
+        .await?;
+        for (batch_no, batch) in chunks.chunks(CHUNK_BATCH).enumerate() {
+            let placeholders: Vec<String> = (0..batch.len())
+                .map(|i| {
+                    let b = i * 6;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO chunks (id, document_id, user_id, position, heading_path, content) VALUES {}",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (i, c) in batch.iter().enumerate() {
+                let position = (batch_no * CHUNK_BATCH + i) as i64;
+                q = q
+                    .bind(uuid::Uuid::new_v4().to_string())
+                    .bind(&doc.id)
+                    .bind(&doc.user_id)
+                    .bind(position)
+                    .bind(&c.heading_path)
+                    .bind(&c.content);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    pub async fn list_documents(
+        &self,
+        user: &UserId,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<Document>, i64), sqlx::Error> {
+        let items = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE user_id = $1 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
+        )))
+        .bind(user.as_str())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.pool())
+        .await?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM documents WHERE user_id = $1")
+            .bind(user.as_str())
+            .fetch_one(self.pool())
+            .await?;
+        Ok((items, total))
+    }
+
+    /// The document if it belongs to `user`.
+    pub async fn document(
+        &self,
+        user: &UserId,
+        id: &DocumentId,
+    ) -> Result<Option<Document>, sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = $1 AND user_id = $2"
+        )))
+        .bind(id.as_str())
+        .bind(user.as_str())
+        .fetch_optional(self.pool())
+        .await
+    }
+
+    pub async fn chunks(
+        &self,
+        user: &UserId,
+        id: &DocumentId,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Chunk>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, position, heading_path, content FROM chunks \
+             WHERE document_id = $1 AND user_id = $2 ORDER BY position LIMIT $3 OFFSET $4",
+        )
+        .bind(id.as_str())
+        .bind(user.as_str())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// Deletes the document (and its chunks) if it belongs to `user`.
+    pub async fn delete_document(
+        &self,
+        user: &UserId,
+        id: &DocumentId,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM chunks WHERE document_id = $1 AND user_id = $2")
+            .bind(id.as_str())
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM documents WHERE id = $1 AND user_id = $2")
+            .bind(id.as_str())
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn stage_upload(&self, upload: &StagedUpload) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO staged_uploads (task_id, user_id, filename, title, format, content, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&upload.task_id)
+        .bind(&upload.user_id)
+        .bind(&upload.filename)
+        .bind(&upload.title)
+        .bind(&upload.format)
+        .bind(&upload.content)
+        .bind(upload.created_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn staged_upload(
+        &self,
+        user: &UserId,
+        task: &TaskId,
+    ) -> Result<Option<StagedUpload>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT task_id, user_id, filename, title, format, content, created_at FROM staged_uploads \
+             WHERE user_id = $1 AND task_id = $2",
+        )
+        .bind(user.as_str())
+        .bind(task.as_str())
+        .fetch_optional(self.pool())
+        .await
+    }
+
+    pub async fn drop_staged_upload(
+        &self,
+        user: &UserId,
+        task: &TaskId,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM staged_uploads WHERE user_id = $1 AND task_id = $2")
+            .bind(user.as_str())
+            .bind(task.as_str())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,120 @@
+//! The SQL store: users, documents, chunks and staged uploads.
+//!
+//! One pool type ([`sqlx::AnyPool`]) serves SQLite (the embedded default) and
+//! PostgreSQL (several instances). Queries are written once, with `$N`
+//! placeholders that both accept; ids are TEXT and times are Unix
+//! milliseconds (BIGINT) so that no driver-specific type is needed. Each
+//! backend has its own migration folder, applied at start.
+
+mod documents;
+mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use documents::{Chunk, Document, NewChunk, StagedUpload};
+pub use users::User;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Clone)]
+pub struct Database {
+    pool: AnyPool,
+    is_sqlite: bool,
+}
+
+impl Database {
+    /// Connects, creating the SQLite file (and its directory) if needed, and
+    /// applies the migrations.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        let url = if is_sqlite {
+            prepare_sqlite(url)?
+        } else {
+            url.to_owned()
+        };
+        let options = AnyConnectOptions::from_str(&url).context("invalid DATABASE_URL")?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if is_sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        // WAL lets two instances on one host share the file;
+                        // busy_timeout makes a writer wait for the other
+                        // instead of failing at once.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .context("cannot open the database")?;
+        let migrator = if is_sqlite {
+            &SQLITE_MIGRATIONS
+        } else {
+            &POSTGRES_MIGRATIONS
+        };
+        migrator
+            .run(&pool)
+            .await
+            .context("database migration failed")?;
+        Ok(Self { pool, is_sqlite })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.is_sqlite
+    }
+
+    /// True when the database answers within a second.
+    pub async fn ping(&self) -> bool {
+        let q = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), q).await,
+            Ok(Ok(1))
+        )
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Makes sure the SQLite file can be created: its directory exists and the
+/// URL asks for `mode=rwc`.
+fn prepare_sqlite(url: &str) -> anyhow::Result<String> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(url.to_owned());
+    }
+    if let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(if url.contains("mode=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    })
+}
+
+/// True when `e` is a unique-constraint violation (both databases).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}

@@ -1,0 +1,138 @@
+//! The one error type of the HTTP layer.
+//!
+//! Every failure a client sees is an [`ApiError`]: a status, a stable
+//! snake_case `code` and a human `detail`, rendered as
+//! `{"detail": …, "code": …}`. Internal errors are logged with their cause and
+//! answered with a generic text, so nothing internal leaks to a client.
+
+use std::borrow::Cow;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: Cow<'static, str>,
+    pub detail: Cow<'static, str>,
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    detail: &'a str,
+    code: &'a str,
+}
+
+type Text = Cow<'static, str>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: impl Into<Text>, detail: impl Into<Text>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: impl Into<Text>, detail: impl Into<Text>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+    pub fn unauthorized(detail: impl Into<Text>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+    pub fn forbidden(detail: impl Into<Text>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+    pub fn not_found(code: impl Into<Text>, detail: impl Into<Text>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, detail)
+    }
+    pub fn conflict(code: impl Into<Text>, detail: impl Into<Text>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, detail)
+    }
+    pub fn unprocessable(code: impl Into<Text>, detail: impl Into<Text>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+    pub fn unavailable(code: impl Into<Text>, detail: impl Into<Text>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+    }
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// An id in a path or body that does not match SPEC §3.
+    pub fn invalid_id(what: &str) -> Self {
+        Self::unprocessable(
+            "invalid_id",
+            format!("{what} must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'"),
+        )
+    }
+
+    /// Logs the real cause and answers a 500 that reveals nothing of it.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal server error",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            detail: &self.detail,
+            code: &self.code,
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::internal(format!("database: {e}"))
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::internal(format!("{e:#}"))
+    }
+}
+
+impl From<crate::state::StateError> for ApiError {
+    fn from(e: crate::state::StateError) -> Self {
+        use crate::state::StateError;
+        match e {
+            StateError::Unavailable { feature } => Self::unavailable(
+                "state_unavailable",
+                format!(
+                    "{} is temporarily unavailable, retry shortly",
+                    feature.label()
+                ),
+            )
+            .with_retry_after(1),
+            StateError::ReadOnly { feature } => Self::unavailable(
+                "state_read_only",
+                format!(
+                    "{} is read-only while its store recovers, retry shortly",
+                    feature.label()
+                ),
+            )
+            .with_retry_after(1),
+            StateError::Internal(msg) => Self::internal(msg),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

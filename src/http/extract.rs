@@ -1,0 +1,124 @@
+//! Extractors that answer every malformed request with a JSON [`ApiError`].
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::ids::{ParseId, UserId};
+
+/// The user of a request: the `sub` of a valid bearer token.
+#[derive(Debug, Clone)]
+pub struct CurrentUser(pub UserId);
+
+impl FromRequestParts<Arc<App>> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or_else(|| ApiError::unauthorized("expected 'Authorization: Bearer <token>'"))?;
+        app.tokens
+            .verify(token)
+            .map(CurrentUser)
+            .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))
+    }
+}
+
+/// A path made of one id (`/imports/{task_id}`), parsed per SPEC §3.
+pub struct IdPath<T>(pub T);
+
+impl<S: Send + Sync, T: ParseId> FromRequestParts<S> for IdPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
+        T::parse_id(&raw)
+            .map(IdPath)
+            .map_err(|_| ApiError::invalid_id(T::WHAT))
+    }
+}
+
+/// `axum::Json` with JSON errors.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct AppJson<T>(pub T);
+
+/// `axum::extract::Query` with JSON errors.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct AppQuery<T>(pub T);
+
+/// A body sent as JSON or as an HTML form (FastAPI's OAuth2 password form).
+pub struct JsonOrForm<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequest<S> for JsonOrForm<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if content_type.starts_with("application/x-www-form-urlencoded") {
+            let axum::Form(value) = axum::Form::<T>::from_request(req, state).await?;
+            Ok(Self(value))
+        } else if content_type.starts_with("application/json") {
+            let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+            Ok(Self(value))
+        } else {
+            Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send application/json or application/x-www-form-urlencoded",
+            ))
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ),
+            JsonRejection::JsonSyntaxError(_) => Self::bad_request("invalid_json", r.body_text()),
+            JsonRejection::JsonDataError(_) => Self::unprocessable("invalid_body", r.body_text()),
+            _ => Self::new(r.status(), "invalid_body", r.body_text()),
+        }
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(r: FormRejection) -> Self {
+        Self::new(r.status(), "invalid_body", r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::unprocessable("invalid_query", r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::unprocessable("invalid_path", r.body_text())
+    }
+}

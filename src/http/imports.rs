@@ -1,0 +1,190 @@
+//! Upload (`POST /Import_Doc/`, `POST /imports`) and status polling
+//! (`GET /check_import_status/{task_id}`, `GET /imports/{task_id}`).
+
+use std::sync::Arc;
+
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::extract::{CurrentUser, IdPath};
+use crate::app::App;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::TaskId;
+use crate::import::SubmitError;
+use crate::tasks::{TaskRecord, TaskStatus};
+
+pub fn router(max_upload_bytes: usize) -> Router<Arc<App>> {
+    // Room for the multipart envelope and a title around the file itself.
+    let body_limit = max_upload_bytes.saturating_add(256 * 1024);
+    let upload = post(upload).layer(DefaultBodyLimit::max(body_limit));
+    Router::new()
+        .route("/Import_Doc/", upload.clone())
+        .route("/imports", upload)
+        .route("/check_import_status/{task_id}", get(status))
+        .route("/imports/{task_id}", get(status))
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    task_id: TaskId,
+    status: TaskStatus,
+}
+
+/// A task as the front end polls it (times in RFC 3339).
+#[derive(Serialize)]
+pub struct TaskView {
+    task_id: TaskId,
+    status: TaskStatus,
+    progress: u8,
+    stage: String,
+    message: String,
+    document_id: Option<String>,
+    error: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl From<TaskRecord> for TaskView {
+    fn from(r: TaskRecord) -> Self {
+        Self {
+            task_id: r.task_id,
+            status: r.status,
+            progress: r.progress,
+            stage: r.stage,
+            message: r.message,
+            document_id: r.document_id,
+            error: r.error,
+            created_at: rfc3339(r.created_at),
+            updated_at: rfc3339(r.updated_at),
+        }
+    }
+}
+
+fn too_large(max_bytes: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "file_too_large",
+        format!("the file is larger than {} MB", max_bytes / (1024 * 1024)),
+    )
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, max_bytes: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large(max_bytes)
+    } else {
+        ApiError::bad_request("invalid_multipart", e.body_text())
+    }
+}
+
+/// Keeps the last path component, without control characters, at most 255 characters.
+fn clean_filename(raw: &str) -> String {
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or_default();
+    let clean: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
+    if clean.trim().is_empty() {
+        "upload".into()
+    } else {
+        clean
+    }
+}
+
+async fn upload(
+    State(app): State<Arc<App>>,
+    CurrentUser(user): CurrentUser,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    let max = app.config.max_upload_bytes();
+    let mut multipart =
+        multipart.map_err(|r| ApiError::new(r.status(), "invalid_multipart", r.body_text()))?;
+    let mut file: Option<(String, Vec<u8>)> = None;
+    let mut title: Option<String> = None;
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, max))?
+    {
+        match field.name() {
+            Some("file") if file.is_none() => {
+                let name = clean_filename(field.file_name().unwrap_or("upload"));
+                let mut bytes = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
+                    if bytes.len() + chunk.len() > max {
+                        return Err(too_large(max));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                file = Some((name, bytes));
+            }
+            Some("title") => {
+                let text = field.text().await.map_err(|e| multipart_error(e, max))?;
+                title = Some(text.chars().take(1000).collect());
+            }
+            // Unknown fields are read and dropped.
+            _ => {
+                while field
+                    .chunk()
+                    .await
+                    .map_err(|e| multipart_error(e, max))?
+                    .is_some()
+                {}
+            }
+        }
+    }
+    let (filename, bytes) = file
+        .ok_or_else(|| ApiError::unprocessable("missing_file", "the form needs a 'file' field"))?;
+    if bytes.is_empty() {
+        return Err(ApiError::unprocessable(
+            "empty_file",
+            "the uploaded file is empty",
+        ));
+    }
+    let record = app
+        .imports
+        .submit(&user, &filename, title.as_deref(), bytes)
+        .await
+        .map_err(|e| match e {
+            SubmitError::Unsupported(u) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                u.to_string(),
+            ),
+            SubmitError::QueueFull => ApiError::unavailable(
+                "import_queue_full",
+                "too many imports are waiting, retry shortly",
+            )
+            .with_retry_after(5),
+            SubmitError::State(s) => s.into(),
+            SubmitError::Database(d) => d.into(),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            task_id: record.task_id,
+            status: record.status,
+        }),
+    ))
+}
+
+async fn status(
+    State(app): State<Arc<App>>,
+    CurrentUser(user): CurrentUser,
+    IdPath(task): IdPath<TaskId>,
+) -> ApiResult<Json<TaskView>> {
+    // The key carries the user id: another user's task is simply not found,
+    // with the same answer as an unknown id.
+    let record = app
+        .tasks
+        .get(&user, &task)
+        .await?
+        .ok_or_else(|| ApiError::not_found("task_not_found", "task not found"))?;
+    Ok(Json(record.into()))
+}

@@ -1,0 +1,138 @@
+//! Every Redis key this service writes is built here, and only here.
+//!
+//! The templates are exact (SPEC §2, operators grep for them); every part of a
+//! key is either configuration validated at start-up or a parsed id
+//! ([`crate::ids`]), so no request can build a key outside `{prefix}:{env}:`.
+
+use std::fmt;
+
+use crate::ids::{SessionKind, StreamId, TaskId, UserId};
+
+/// A complete Redis key. It can only be made by [`KeySpace`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+impl Key {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The `{REDIS_PREFIX}:{APP_ENV}` namespace and the key templates under it.
+#[derive(Debug, Clone)]
+pub struct KeySpace {
+    base: String,
+}
+
+/// A prefix or environment name that would make keys ambiguous.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '-' or '.', got {value:?}")]
+pub struct InvalidNamespace {
+    pub name: &'static str,
+    pub value: String,
+}
+
+fn check_namespace(name: &'static str, value: &str) -> Result<(), InvalidNamespace> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidNamespace {
+            name,
+            value: value.to_owned(),
+        })
+    }
+}
+
+impl KeySpace {
+    pub fn new(prefix: &str, env: &str) -> Result<Self, InvalidNamespace> {
+        check_namespace("REDIS_PREFIX", prefix)?;
+        check_namespace("APP_ENV", env)?;
+        Ok(Self {
+            base: format!("{prefix}:{env}"),
+        })
+    }
+
+    /// `{p}:{env}:` — every key starts with this.
+    pub fn namespace(&self) -> String {
+        format!("{}:", self.base)
+    }
+
+    /// `{p}:{env}:task:import:{user_id}:{task_id}`
+    pub fn import_task(&self, user: &UserId, task: &TaskId) -> Key {
+        Key(format!("{}:task:import:{user}:{task}", self.base))
+    }
+
+    /// `{p}:{env}:chat:{kind}:{user_id}:{task_id}`
+    pub fn chat_session(&self, kind: SessionKind, user: &UserId, task: &TaskId) -> Key {
+        Key(format!(
+            "{}:chat:{}:{user}:{task}",
+            self.base,
+            kind.as_str()
+        ))
+    }
+
+    /// `{p}:{env}:stream:{kind}:{user_id}:{stream_id}`
+    pub fn ai_stream(&self, kind: SessionKind, user: &UserId, stream: &StreamId) -> Key {
+        Key(format!(
+            "{}:stream:{}:{user}:{stream}",
+            self.base,
+            kind.as_str()
+        ))
+    }
+
+    /// `{p}:{env}:queue:import`
+    pub fn import_queue(&self) -> Key {
+        Key(format!("{}:queue:import", self.base))
+    }
+
+    /// `{p}:{env}:flags` — the one key without a TTL.
+    pub fn flags(&self) -> Key {
+        Key(format!("{}:flags", self.base))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_exact() {
+        let ks = KeySpace::new("langextract", "dev").unwrap();
+        let u = UserId::parse("u1").unwrap();
+        let t = TaskId::parse("t1").unwrap();
+        assert_eq!(
+            ks.import_task(&u, &t).as_str(),
+            "langextract:dev:task:import:u1:t1"
+        );
+        assert_eq!(
+            ks.chat_session(SessionKind::Optimize, &u, &t).as_str(),
+            "langextract:dev:chat:optimize:u1:t1"
+        );
+        let s = StreamId::parse("s1").unwrap();
+        assert_eq!(
+            ks.ai_stream(SessionKind::Search, &u, &s).as_str(),
+            "langextract:dev:stream:search:u1:s1"
+        );
+        assert_eq!(ks.import_queue().as_str(), "langextract:dev:queue:import");
+        assert_eq!(ks.flags().as_str(), "langextract:dev:flags");
+    }
+
+    #[test]
+    fn namespace_parts_are_validated() {
+        assert!(KeySpace::new("a:b", "dev").is_err());
+        assert!(KeySpace::new("p", "de v").is_err());
+        assert!(KeySpace::new("p", "").is_err());
+        assert!(KeySpace::new("p", "prod").is_ok());
+    }
+}

@@ -1,0 +1,78 @@
+//! The `reportd` binary: parse the command line, then hand over to the library.
+
+use std::io::BufRead;
+
+use anyhow::Context;
+use clap::Parser;
+use reportd::{App, Cli, Command, Config, UserCommand};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // A .env file is optional; a malformed one is worth a word.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("reportd: ignoring .env: {e}");
+    }
+    let cli = Cli::parse();
+    reportd::telemetry::init_logging(cli.config.log_format);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config).await,
+        Command::User(UserCommand::Add { name, admin }) => add_user(cli.config, &name, admin).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reportd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = format!("{}:{}", config.host, config.port);
+    let app = App::build(config).await?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(address = %listener.local_addr()?, "listening");
+    reportd::serve(listener, app, reportd::shutdown_signal()).await
+}
+
+async fn add_user(config: Config, name: &str, admin: bool) -> anyhow::Result<()> {
+    let password = match std::env::var("REPORTD_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => {
+            eprintln!("password for {name}:");
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the password")?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    let name = reportd::http::check_username(name)
+        .map_err(|e| anyhow::anyhow!("{}", e.detail))?
+        .to_owned();
+    reportd::http::check_password(&password).map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+    config.validate()?;
+    let db = reportd::db::Database::connect(&config.database_url()).await?;
+    let hash =
+        tokio::task::spawn_blocking(move || reportd::auth::hash_password(&password)).await??;
+    let id = reportd::ids::UserId::generate();
+    db.create_user(&id, &name, &hash, admin)
+        .await
+        .map_err(|e| {
+            if reportd::db::is_unique_violation(&e) {
+                anyhow::anyhow!("the username {name:?} is taken")
+            } else {
+                e.into()
+            }
+        })?;
+    println!(
+        "created {}user {name} ({id})",
+        if admin { "admin " } else { "" }
+    );
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! The state layer: which store serves each kind of state, decided in one place.
+//!
+//! Every kind of state (import task status, chat sessions, cache, rate
+//! limits) is one [`Feature`]. A feature is served by Redis when Redis
+//! connection settings are given, `REDIS_ENABLED` and the feature's own flag
+//! are on (environment or run-time override), and the circuit breaker is
+//! closed; otherwise by process memory. [`StateLayer::read`] and
+//! [`StateLayer::write`] implement the flag matrix of SPEC §4 once for all
+//! features:
+//!
+//! | situation | read | write |
+//! | --- | --- | --- |
+//! | flag off | memory | memory |
+//! | Redis healthy | Redis, then memory, merged (memory holds what was written before the flag was on, or during an outage) | Redis, and memory too when `REDIS_DUAL_WRITE=1` |
+//! | Redis down, `REDIS_FALLBACK=memory` | memory (counted, logged once) | memory |
+//! | Redis down, `error` | 503 | 503 |
+//! | Redis down, `readonly` | memory | 503 |
+//!
+//! The typed stores (e.g. [`crate::tasks::TaskStatusStore`]) only say *what*
+//! to do with a [`Backend`]; this module says *which* backend does it.
+
+pub mod backend;
+pub mod flags;
+pub mod memory;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use backend::{AtomicUpdate, Backend, BackendError, UpdateOutcome};
+pub use flags::{Flag, Flags};
+pub use memory::MemoryBackend;
+pub use redis::{RedisBackend, RedisSettings};
+
+use crate::keys::KeySpace;
+
+/// A kind of state with its own flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    TaskStatus,
+    ChatSession,
+    Cache,
+    RateLimit,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 4] = [
+        Self::TaskStatus,
+        Self::ChatSession,
+        Self::Cache,
+        Self::RateLimit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TaskStatus => "task_status",
+            Self::ChatSession => "chat_session",
+            Self::Cache => "cache",
+            Self::RateLimit => "rate_limit",
+        }
+    }
+
+    /// Words for an error message.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TaskStatus => "task status",
+            Self::ChatSession => "the chat session store",
+            Self::Cache => "the cache",
+            Self::RateLimit => "rate limiting",
+        }
+    }
+}
+
+/// What to do when Redis fails (`REDIS_FALLBACK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FallbackMode {
+    /// Serve reads and writes from memory, log a warning, count it.
+    Memory,
+    /// Answer 503.
+    Error,
+    /// Serve reads from memory, answer 503 to writes.
+    Readonly,
+}
+
+/// A state operation that could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{} unavailable", feature.as_str())]
+    Unavailable { feature: Feature },
+    #[error("{} read-only", feature.as_str())]
+    ReadOnly { feature: Feature },
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Where a feature's calls go right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Flag off (or no Redis configured): memory, as designed.
+    Memory,
+    Redis,
+    /// Redis wanted but down: the fallback mode decides.
+    Fallback,
+}
+
+/// A feature's serving backend for `/readyz` and `/metrics`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeatureStatus {
+    /// `redis` or `memory`: where reads are served from now.
+    pub backend: &'static str,
+    /// Serving from a fallback (or refusing) because Redis is down.
+    pub degraded: bool,
+    /// `shared` when every instance sees the same state, `instance` when each
+    /// instance has its own (memory).
+    pub scope: &'static str,
+    /// Requests are refused (503) under `REDIS_FALLBACK=error`.
+    pub refusing: bool,
+}
+
+pub struct StateLayer {
+    keys: KeySpace,
+    memory: Arc<MemoryBackend>,
+    redis: Option<Arc<RedisBackend>>,
+    flags: Arc<Flags>,
+    dual_write: bool,
+    fallback: FallbackMode,
+}
+
+impl StateLayer {
+    pub fn new(
+        keys: KeySpace,
+        memory: Arc<MemoryBackend>,
+        redis: Option<Arc<RedisBackend>>,
+        flags: Arc<Flags>,
+        dual_write: bool,
+        fallback: FallbackMode,
+    ) -> Self {
+        Self {
+            keys,
+            memory,
+            redis,
+            flags,
+            dual_write,
+            fallback,
+        }
+    }
+
+    pub fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+    pub fn flags(&self) -> &Arc<Flags> {
+        &self.flags
+    }
+    pub fn memory(&self) -> &Arc<MemoryBackend> {
+        &self.memory
+    }
+    pub fn redis(&self) -> Option<&Arc<RedisBackend>> {
+        self.redis.as_ref()
+    }
+    pub fn fallback_mode(&self) -> FallbackMode {
+        self.fallback
+    }
+
+    fn route(&self, feature: Feature) -> Route {
+        match &self.redis {
+            Some(redis) if self.flags.redis_wanted(feature) => {
+                if redis.is_available() {
+                    Route::Redis
+                } else {
+                    Route::Fallback
+                }
+            }
+            _ => Route::Memory,
+        }
+    }
+
+    pub fn feature_status(&self, feature: Feature) -> FeatureStatus {
+        let memory = FeatureStatus {
+            backend: "memory",
+            degraded: false,
+            scope: "instance",
+            refusing: false,
+        };
+        match self.route(feature) {
+            Route::Memory => memory,
+            Route::Redis => FeatureStatus {
+                backend: "redis",
+                scope: "shared",
+                ..memory
+            },
+            Route::Fallback => match self.fallback {
+                FallbackMode::Memory | FallbackMode::Readonly => FeatureStatus {
+                    degraded: true,
+                    ..memory
+                },
+                FallbackMode::Error => FeatureStatus {
+                    backend: "redis",
+                    degraded: true,
+                    scope: "shared",
+                    refusing: true,
+                },
+            },
+        }
+    }
+
+    pub fn all_feature_status(&self) -> HashMap<Feature, FeatureStatus> {
+        Feature::ALL
+            .into_iter()
+            .map(|f| (f, self.feature_status(f)))
+            .collect()
+    }
+
+    fn memory_backend(&self) -> Arc<dyn Backend> {
+        self.memory.clone()
+    }
+
+    fn count_fallback(feature: Feature, op: &'static str) {
+        metrics::counter!("reportd_state_fallback_total", "feature" => feature.as_str(), "op" => op).increment(1);
+    }
+
+    /// Reads through the flag matrix. When Redis serves, memory is read too
+    /// and `merge(redis, memory)` decides between two values found in both.
+    pub async fn read<T, F, Fut>(
+        &self,
+        feature: Feature,
+        op: F,
+        merge: impl FnOnce(T, T) -> T,
+    ) -> Result<Option<T>, StateError>
+    where
+        F: Fn(Arc<dyn Backend>) -> Fut,
+        Fut: Future<Output = Result<Option<T>, BackendError>>,
+    {
+        let from_memory = || async {
+            op(self.memory_backend())
+                .await
+                .map_err(|e| StateError::Internal(e.to_string()))
+        };
+        let route = self.route(feature);
+        if route == Route::Redis {
+            let redis: Arc<dyn Backend> = self
+                .redis
+                .clone()
+                .expect("route is Redis only with a client");
+            match op(redis).await {
+                Ok(found) => {
+                    let local = from_memory().await?;
+                    return Ok(match (found, local) {
+                        (Some(r), Some(m)) => Some(merge(r, m)),
+                        (r, m) => r.or(m),
+                    });
+                }
+                Err(BackendError::Command(e)) => return Err(StateError::Internal(e)),
+                Err(BackendError::Unavailable(_)) => {}
+            }
+        }
+        if route != Route::Memory {
+            if self.fallback == FallbackMode::Error {
+                return Err(StateError::Unavailable { feature });
+            }
+            Self::count_fallback(feature, "read");
+        }
+        from_memory().await
+    }
+
+    /// Writes through the flag matrix (see the module table).
+    pub async fn write<T, F, Fut>(&self, feature: Feature, op: F) -> Result<T, StateError>
+    where
+        F: Fn(Arc<dyn Backend>) -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let to_memory = || async {
+            op(self.memory_backend())
+                .await
+                .map_err(|e| StateError::Internal(e.to_string()))
+        };
+        let route = self.route(feature);
+        if route == Route::Redis {
+            let redis: Arc<dyn Backend> = self
+                .redis
+                .clone()
+                .expect("route is Redis only with a client");
+            match op(redis).await {
+                Ok(value) => {
+                    if self.dual_write {
+                        to_memory().await?;
+                    }
+                    return Ok(value);
+                }
+                Err(BackendError::Command(e)) => return Err(StateError::Internal(e)),
+                Err(BackendError::Unavailable(_)) => {}
+            }
+        }
+        if route != Route::Memory {
+            match self.fallback {
+                FallbackMode::Error => return Err(StateError::Unavailable { feature }),
+                FallbackMode::Readonly => return Err(StateError::ReadOnly { feature }),
+                FallbackMode::Memory => Self::count_fallback(feature, "write"),
+            }
+        }
+        to_memory().await
+    }
+
+    /// Starts the background work: memory sweeping, Redis health probing and
+    /// flag refreshing. All of it stops when `cancel` fires.
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        health_every: Duration,
+        flags_every: Duration,
+        cancel: CancellationToken,
+    ) {
+        self.memory
+            .spawn_sweeper(Duration::from_secs(5), cancel.clone());
+        let Some(redis) = self.redis.clone() else {
+            return;
+        };
+        redis.spawn_monitor(health_every, cancel.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(flags_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => { this.refresh_flags().await; }
+                }
+            }
+        });
+    }
+
+    /// Reloads the run-time overrides from the flags hash. Keeps the last
+    /// known overrides while Redis cannot be read.
+    pub async fn refresh_flags(&self) {
+        let Some(redis) = &self.redis else { return };
+        match redis.hgetall(&self.keys.flags()).await {
+            Ok(hash) => self.flags.load_hash(&hash),
+            Err(e) => tracing::debug!(error = %e, "flag overrides not refreshed"),
+        }
+    }
+}
