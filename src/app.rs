@@ -42,20 +42,10 @@ impl App {
         let keys = KeySpace::new(&config.redis_prefix, &config.app_env)?;
         let memory = Arc::new(MemoryBackend::new(config.memory_max_keys));
         let redis_settings = config.redis_settings();
-        let redis = redis_settings
-            .as_ref()
-            .map(RedisBackend::new)
-            .transpose()?
-            .map(Arc::new);
+        let redis = redis_settings.as_ref().map(RedisBackend::new).transpose()?.map(Arc::new);
         let flags = Arc::new(Flags::new(config.env_flags()));
-        let state = Arc::new(StateLayer::new(
-            keys,
-            memory,
-            redis,
-            flags,
-            config.redis_dual_write,
-            config.redis_fallback,
-        ));
+        let state =
+            Arc::new(StateLayer::new(keys, memory, redis, flags, config.redis_dual_write, config.redis_fallback));
 
         let background = CancellationToken::new();
         if let Some(redis) = state.redis() {
@@ -68,16 +58,9 @@ impl App {
             state.refresh_flags().await;
         }
         let health = redis_settings.map_or(Duration::from_millis(500), |s| s.health_interval);
-        state.spawn_background(
-            health,
-            Duration::from_millis(config.flags_refresh_ms.max(100)),
-            background.clone(),
-        );
+        state.spawn_background(health, Duration::from_millis(config.flags_refresh_ms.max(100)), background.clone());
 
-        let tasks = TaskStatusStore::new(
-            state.clone(),
-            Duration::from_secs(config.task_status_ttl_seconds),
-        );
+        let tasks = TaskStatusStore::new(state.clone(), Duration::from_secs(config.task_status_ttl_seconds));
         let imports = ImportService::start(
             db.clone(),
             tasks.clone(),
@@ -94,15 +77,7 @@ impl App {
             features = ?state.all_feature_status(),
             "reportd ready"
         );
-        Ok(Arc::new(Self {
-            config,
-            db,
-            state,
-            tasks,
-            imports,
-            tokens,
-            background,
-        }))
+        Ok(Arc::new(Self { config, db, state, tasks, imports, tokens, background }))
     }
 }
 
@@ -114,13 +89,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let router = crate::http::router(app.clone());
-    let result = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("server error");
+    let result = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server error");
     app.background.cancel();
     app.db.close().await;
     result

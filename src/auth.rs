@@ -23,19 +23,14 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 
 /// Checks a password against a stored hash (also slow: `spawn_blocking`).
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
-    })
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
 /// A valid hash of a random password, checked against when the user does not
 /// exist so that a login takes as long for an unknown name as for a known one.
 pub fn dummy_hash() -> &'static str {
-    static HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        hash_password(&uuid::Uuid::new_v4().to_string()).expect("hashing works")
-    });
+    static HASH: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| hash_password(&uuid::Uuid::new_v4().to_string()).expect("hashing works"));
     &HASH
 }
 
@@ -43,7 +38,8 @@ pub fn dummy_hash() -> &'static str {
 struct Claims {
     sub: String,
     exp: u64,
-    iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
 }
 
 /// Signs and verifies access tokens.
@@ -70,13 +66,8 @@ impl TokenKeys {
 
     pub fn issue(&self, user: &UserId) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
-        let claims = Claims {
-            sub: user.to_string(),
-            iat: now,
-            exp: now + self.ttl_seconds,
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .context("cannot sign a token")
+        let claims = Claims { sub: user.to_string(), iat: Some(now), exp: now + self.ttl_seconds };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).context("cannot sign a token")
     }
 
     /// The user a token was issued to, or `None` for any token that is not a
@@ -101,14 +92,11 @@ pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> anyho
             return Ok(existing.as_bytes().to_vec());
         }
     }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let secret: String = {
         use rand::Rng;
         let mut rng = rand::rng();
-        (0..64)
-            .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
-            .collect()
+        (0..64).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect()
     };
     write_private(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
     tracing::warn!(path = %path.display(), "no JWT_SECRET set: generated a development secret");

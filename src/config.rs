@@ -16,11 +16,7 @@ use crate::keys::KeySpace;
 use crate::state::{FallbackMode, Flag, RedisSettings};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "reportd",
-    version,
-    about = "Backend of an AI report-writing application"
-)]
+#[command(name = "reportd", version, about = "Backend of an AI report-writing application")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -172,27 +168,13 @@ impl Config {
             anyhow::bail!("JWT_SECRET must be at least 32 bytes");
         }
         anyhow::ensure!(self.max_upload_mb >= 1, "MAX_UPLOAD_MB must be at least 1");
-        anyhow::ensure!(
-            self.import_workers >= 1,
-            "IMPORT_WORKERS must be at least 1"
-        );
-        anyhow::ensure!(
-            self.import_queue_capacity >= 1,
-            "IMPORT_QUEUE_CAPACITY must be at least 1"
-        );
-        anyhow::ensure!(
-            self.task_status_ttl_seconds >= 60,
-            "TASK_STATUS_TTL_SECONDS must be at least 60"
-        );
-        anyhow::ensure!(
-            self.redis_command_timeout_ms >= 10,
-            "REDIS_COMMAND_TIMEOUT_MS must be at least 10"
-        );
+        anyhow::ensure!(self.import_workers >= 1, "IMPORT_WORKERS must be at least 1");
+        anyhow::ensure!(self.import_queue_capacity >= 1, "IMPORT_QUEUE_CAPACITY must be at least 1");
+        anyhow::ensure!(self.task_status_ttl_seconds >= 60, "TASK_STATUS_TTL_SECONDS must be at least 60");
+        anyhow::ensure!(self.redis_command_timeout_ms >= 10, "REDIS_COMMAND_TIMEOUT_MS must be at least 10");
         if let Some(url) = &self.database_url {
             anyhow::ensure!(
-                url.starts_with("sqlite:")
-                    || url.starts_with("postgres://")
-                    || url.starts_with("postgresql://"),
+                url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"),
                 "DATABASE_URL must start with sqlite:, postgres:// or postgresql://"
             );
         }
@@ -204,9 +186,7 @@ impl Config {
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("reportd.db").display()))
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("reportd.db").display()))
     }
 
     /// The Redis client settings, when Redis connection settings are given.
@@ -280,24 +260,14 @@ mod tests {
             "--redis-db",
             "2",
         ]);
-        assert_eq!(
-            c.redis_settings().unwrap().url,
-            "redis://:p%40ss%3Aw%2Frd@cache:6380/2"
-        );
+        assert_eq!(c.redis_settings().unwrap().url, "redis://:p%40ss%3Aw%2Frd@cache:6380/2");
         let c = parse(&["--redis-url", "redis://x:1/0", "--redis-host", "ignored"]);
         assert_eq!(c.redis_settings().unwrap().url, "redis://x:1/0");
     }
 
     #[test]
     fn flags_accept_the_usual_spellings() {
-        let c = parse(&[
-            "--redis-enabled",
-            "true",
-            "--redis-dual-write",
-            "0",
-            "--redis-fallback",
-            "readonly",
-        ]);
+        let c = parse(&["--redis-enabled", "true", "--redis-dual-write", "0", "--redis-fallback", "readonly"]);
         assert!(c.redis_enabled && !c.redis_dual_write);
         assert_eq!(c.redis_fallback, FallbackMode::Readonly);
         assert!(Cli::try_parse_from(["reportd", "--redis-enabled", "maybe"]).is_err());
@@ -306,16 +276,8 @@ mod tests {
     #[test]
     fn prod_needs_a_real_secret() {
         assert!(parse(&["--app-env", "prod"]).validate().is_err());
-        assert!(
-            parse(&["--app-env", "prod", "--jwt-secret", "short"])
-                .validate()
-                .is_err()
-        );
-        assert!(
-            parse(&["--app-env", "prod", "--jwt-secret", &"s".repeat(32)])
-                .validate()
-                .is_ok()
-        );
+        assert!(parse(&["--app-env", "prod", "--jwt-secret", "short"]).validate().is_err());
+        assert!(parse(&["--app-env", "prod", "--jwt-secret", &"s".repeat(32)]).validate().is_ok());
         assert!(parse(&["--app-env", "bad:env"]).validate().is_err());
     }
 }

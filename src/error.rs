@@ -29,12 +29,7 @@ type Text = Cow<'static, str>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<Text>, detail: impl Into<Text>) -> Self {
-        Self {
-            status,
-            code: code.into(),
-            detail: detail.into(),
-            retry_after: None,
-        }
+        Self { status, code: code.into(), detail: detail.into(), retry_after: None }
     }
 
     pub fn bad_request(code: impl Into<Text>, detail: impl Into<Text>) -> Self {
@@ -65,34 +60,22 @@ impl ApiError {
 
     /// An id in a path or body that does not match SPEC §3.
     pub fn invalid_id(what: &str) -> Self {
-        Self::unprocessable(
-            "invalid_id",
-            format!("{what} must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'"),
-        )
+        Self::unprocessable("invalid_id", format!("{what} must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'"))
     }
 
     /// Logs the real cause and answers a 500 that reveals nothing of it.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal server error",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal server error")
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            detail: &self.detail,
-            code: &self.code,
-        };
+        let body = Body { detail: &self.detail, code: &self.code };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -116,18 +99,12 @@ impl From<crate::state::StateError> for ApiError {
         match e {
             StateError::Unavailable { feature } => Self::unavailable(
                 "state_unavailable",
-                format!(
-                    "{} is temporarily unavailable, retry shortly",
-                    feature.label()
-                ),
+                format!("{} is temporarily unavailable, retry shortly", feature.label()),
             )
             .with_retry_after(1),
             StateError::ReadOnly { feature } => Self::unavailable(
                 "state_read_only",
-                format!(
-                    "{} is read-only while its store recovers, retry shortly",
-                    feature.label()
-                ),
+                format!("{} is read-only while its store recovers, retry shortly", feature.label()),
             )
             .with_retry_after(1),
             StateError::Internal(msg) => Self::internal(msg),

@@ -41,26 +41,15 @@ pub struct InvalidNamespace {
 fn check_namespace(name: &'static str, value: &str) -> Result<(), InvalidNamespace> {
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(InvalidNamespace {
-            name,
-            value: value.to_owned(),
-        })
-    }
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if ok { Ok(()) } else { Err(InvalidNamespace { name, value: value.to_owned() }) }
 }
 
 impl KeySpace {
     pub fn new(prefix: &str, env: &str) -> Result<Self, InvalidNamespace> {
         check_namespace("REDIS_PREFIX", prefix)?;
         check_namespace("APP_ENV", env)?;
-        Ok(Self {
-            base: format!("{prefix}:{env}"),
-        })
+        Ok(Self { base: format!("{prefix}:{env}") })
     }
 
     /// `{p}:{env}:` — every key starts with this.
@@ -75,20 +64,12 @@ impl KeySpace {
 
     /// `{p}:{env}:chat:{kind}:{user_id}:{task_id}`
     pub fn chat_session(&self, kind: SessionKind, user: &UserId, task: &TaskId) -> Key {
-        Key(format!(
-            "{}:chat:{}:{user}:{task}",
-            self.base,
-            kind.as_str()
-        ))
+        Key(format!("{}:chat:{}:{user}:{task}", self.base, kind.as_str()))
     }
 
     /// `{p}:{env}:stream:{kind}:{user_id}:{stream_id}`
     pub fn ai_stream(&self, kind: SessionKind, user: &UserId, stream: &StreamId) -> Key {
-        Key(format!(
-            "{}:stream:{}:{user}:{stream}",
-            self.base,
-            kind.as_str()
-        ))
+        Key(format!("{}:stream:{}:{user}:{stream}", self.base, kind.as_str()))
     }
 
     /// `{p}:{env}:queue:import`
@@ -111,19 +92,10 @@ mod tests {
         let ks = KeySpace::new("langextract", "dev").unwrap();
         let u = UserId::parse("u1").unwrap();
         let t = TaskId::parse("t1").unwrap();
-        assert_eq!(
-            ks.import_task(&u, &t).as_str(),
-            "langextract:dev:task:import:u1:t1"
-        );
-        assert_eq!(
-            ks.chat_session(SessionKind::Optimize, &u, &t).as_str(),
-            "langextract:dev:chat:optimize:u1:t1"
-        );
+        assert_eq!(ks.import_task(&u, &t).as_str(), "langextract:dev:task:import:u1:t1");
+        assert_eq!(ks.chat_session(SessionKind::Optimize, &u, &t).as_str(), "langextract:dev:chat:optimize:u1:t1");
         let s = StreamId::parse("s1").unwrap();
-        assert_eq!(
-            ks.ai_stream(SessionKind::Search, &u, &s).as_str(),
-            "langextract:dev:stream:search:u1:s1"
-        );
+        assert_eq!(ks.ai_stream(SessionKind::Search, &u, &s).as_str(), "langextract:dev:stream:search:u1:s1");
         assert_eq!(ks.import_queue().as_str(), "langextract:dev:queue:import");
         assert_eq!(ks.flags().as_str(), "langextract:dev:flags");
     }

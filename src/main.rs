@@ -32,9 +32,7 @@ async fn main() -> std::process::ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = format!("{}:{}", config.host, config.port);
     let app = App::build(config).await?;
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
     reportd::serve(listener, app, reportd::shutdown_signal()).await
 }
@@ -45,34 +43,19 @@ async fn add_user(config: Config, name: &str, admin: bool) -> anyhow::Result<()>
         Err(_) => {
             eprintln!("password for {name}:");
             let mut line = String::new();
-            std::io::stdin()
-                .lock()
-                .read_line(&mut line)
-                .context("cannot read the password")?;
+            std::io::stdin().lock().read_line(&mut line).context("cannot read the password")?;
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
     };
-    let name = reportd::http::check_username(name)
-        .map_err(|e| anyhow::anyhow!("{}", e.detail))?
-        .to_owned();
+    let name = reportd::http::check_username(name).map_err(|e| anyhow::anyhow!("{}", e.detail))?.to_owned();
     reportd::http::check_password(&password).map_err(|e| anyhow::anyhow!("{}", e.detail))?;
     config.validate()?;
     let db = reportd::db::Database::connect(&config.database_url()).await?;
-    let hash =
-        tokio::task::spawn_blocking(move || reportd::auth::hash_password(&password)).await??;
+    let hash = tokio::task::spawn_blocking(move || reportd::auth::hash_password(&password)).await??;
     let id = reportd::ids::UserId::generate();
-    db.create_user(&id, &name, &hash, admin)
-        .await
-        .map_err(|e| {
-            if reportd::db::is_unique_violation(&e) {
-                anyhow::anyhow!("the username {name:?} is taken")
-            } else {
-                e.into()
-            }
-        })?;
-    println!(
-        "created {}user {name} ({id})",
-        if admin { "admin " } else { "" }
-    );
+    db.create_user(&id, &name, &hash, admin).await.map_err(|e| {
+        if reportd::db::is_unique_violation(&e) { anyhow::anyhow!("the username {name:?} is taken") } else { e.into() }
+    })?;
+    println!("created {}user {name} ({id})", if admin { "admin " } else { "" });
     Ok(())
 }

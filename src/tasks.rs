@@ -12,9 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{TaskId, UserId};
-use crate::state::{
-    AtomicUpdate, Backend, BackendError, Feature, StateError, StateLayer, UpdateOutcome,
-};
+use crate::state::{AtomicUpdate, Backend, BackendError, Feature, StateError, StateLayer, UpdateOutcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -111,10 +109,13 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// `ARGV`: ttl-ms, update-json, `create`|`update`, seed-json-or-empty. The
+/// seed stands in for a missing key (and is stored whatever the verdict).
 const TRANSITION_LUA: &str = r#"
 local raw = redis.call('GET', KEYS[1])
 local ttl, update, mode, seed = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if not raw and seed ~= '' then raw = seed end
+local seeded = false
+if not raw and seed ~= '' then raw = seed; seeded = true end
 if not raw then
   if mode == 'create' then
     redis.call('SET', KEYS[1], update, 'PX', ttl)
@@ -122,14 +123,18 @@ if not raw then
   end
   return {'missing', false}
 end
-if mode == 'create' then return {'exists', raw} end
+local function keep(verdict)
+  if seeded then redis.call('SET', KEYS[1], raw, 'PX', ttl) end
+  return {verdict, raw}
+end
+if mode == 'create' then return keep('exists') end
 local cur = cjson.decode(raw)
 local patch = cjson.decode(update)
 local rank = {pending = 0, processing = 1, completed = 2, failed = 2}
 local r_cur, r_new = rank[cur.status], rank[patch.status]
 if r_cur == nil or r_new == nil then return redis.error_reply('task status unknown') end
 if r_cur == 2 or r_new < r_cur or (r_new == r_cur and patch.progress < cur.progress) then
-  return {'rejected', raw}
+  return keep('rejected')
 end
 cur.status = patch.status
 if patch.progress > cur.progress then cur.progress = patch.progress end
@@ -146,33 +151,25 @@ return {'applied', out}
 /// The same rules as [`TRANSITION_LUA`], for the memory backend. `args` are
 /// `[update-json, "create"|"update", seed-json-or-empty]`.
 fn apply_transition(current: Option<&str>, args: &[String]) -> (UpdateOutcome, Option<String>) {
-    let outcome = |verdict: &str, value: Option<String>| UpdateOutcome {
-        verdict: verdict.into(),
-        value,
-    };
     let (update, mode, seed) = (&args[0], args[1].as_str(), args[2].as_str());
-    let raw = current.or((!seed.is_empty()).then_some(seed));
-    let Some(raw) = raw else {
+    let seeded = current.is_none() && !seed.is_empty();
+    let Some(raw) = current.or(seeded.then_some(seed)) else {
         if mode == "create" {
-            return (
-                outcome("applied", Some(update.clone())),
-                Some(update.clone()),
-            );
+            return (outcome("applied", update), Some(update.clone()));
         }
-        return (outcome("missing", None), None);
+        return (UpdateOutcome { verdict: "missing".into(), value: None }, None);
     };
+    let keep = |verdict: &str| (outcome(verdict, raw), seeded.then(|| raw.to_owned()));
     if mode == "create" {
-        return (outcome("exists", Some(raw.to_owned())), None);
+        return keep("exists");
     }
-    let (Ok(mut cur), Ok(patch)) = (
-        serde_json::from_str::<TaskRecord>(raw),
-        serde_json::from_str::<TaskPatch>(update),
-    ) else {
-        return (outcome("rejected", Some(raw.to_owned())), None);
+    let (Ok(mut cur), Ok(patch)) = (serde_json::from_str::<TaskRecord>(raw), serde_json::from_str::<TaskPatch>(update))
+    else {
+        return keep("rejected");
     };
     let (r_cur, r_new) = (cur.status.rank(), patch.status.rank());
     if r_cur == 2 || r_new < r_cur || (r_new == r_cur && patch.progress < cur.progress) {
-        return (outcome("rejected", Some(raw.to_owned())), None);
+        return keep("rejected");
     }
     cur.status = patch.status;
     cur.progress = cur.progress.max(patch.progress);
@@ -186,7 +183,11 @@ fn apply_transition(current: Option<&str>, args: &[String]) -> (UpdateOutcome, O
         cur.error = patch.error;
     }
     let out = serde_json::to_string(&cur).expect("a task record always serialises");
-    (outcome("applied", Some(out.clone())), Some(out))
+    (outcome("applied", &out), Some(out))
+}
+
+fn outcome(verdict: &str, value: &str) -> UpdateOutcome {
+    UpdateOutcome { verdict: verdict.into(), value: Some(value.to_owned()) }
 }
 
 pub static TASK_TRANSITION: AtomicUpdate = AtomicUpdate {
@@ -213,10 +214,7 @@ pub struct TaskStatusStore {
 
 fn parse_record(value: Option<String>) -> Result<Option<TaskRecord>, BackendError> {
     value
-        .map(|v| {
-            serde_json::from_str(&v)
-                .map_err(|e| BackendError::Command(format!("bad task record: {e}")))
-        })
+        .map(|v| serde_json::from_str(&v).map_err(|e| BackendError::Command(format!("bad task record: {e}"))))
         .transpose()
 }
 
@@ -235,14 +233,7 @@ impl TaskStatusStore {
         let key = self.state.keys().import_task(user, task);
         // The memory copy seeds Redis when Redis lacks the task: it was
         // written before the flag was turned on, or during an outage.
-        let seed = self
-            .state
-            .memory()
-            .get(&key)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let seed = self.state.memory().get(&key).await.ok().flatten().unwrap_or_default();
         let args = vec![update, mode.to_owned(), seed];
         let ttl = self.ttl;
         self.state
@@ -254,12 +245,7 @@ impl TaskStatusStore {
     }
 
     /// Records a new task as `pending`.
-    pub async fn create(
-        &self,
-        user: &UserId,
-        task: &TaskId,
-        filename: &str,
-    ) -> Result<TaskRecord, StateError> {
+    pub async fn create(&self, user: &UserId, task: &TaskId, filename: &str) -> Result<TaskRecord, StateError> {
         let now = now_ms();
         let record = TaskRecord {
             task_id: task.clone(),
@@ -281,16 +267,10 @@ impl TaskStatusStore {
     }
 
     /// Applies one step; never moves a task backwards.
-    pub async fn advance(
-        &self,
-        user: &UserId,
-        task: &TaskId,
-        patch: &TaskPatch,
-    ) -> Result<Transition, StateError> {
+    pub async fn advance(&self, user: &UserId, task: &TaskId, patch: &TaskPatch) -> Result<Transition, StateError> {
         let json = serde_json::to_string(patch).expect("a patch always serialises");
         let outcome = self.run(user, task, json, "update").await?;
-        let record =
-            parse_record(outcome.value).map_err(|e| StateError::Internal(e.to_string()))?;
+        let record = parse_record(outcome.value).map_err(|e| StateError::Internal(e.to_string()))?;
         Ok(match (outcome.verdict.as_str(), record) {
             ("applied", Some(r)) => Transition::Applied(r),
             ("rejected", Some(r)) => Transition::Rejected(r),
@@ -300,12 +280,10 @@ impl TaskStatusStore {
 
     /// The task of `user`, or `None` (also when it belongs to someone else:
     /// the key carries the user id, so another user's task is simply absent).
-    pub async fn get(
-        &self,
-        user: &UserId,
-        task: &TaskId,
-    ) -> Result<Option<TaskRecord>, StateError> {
+    pub async fn get(&self, user: &UserId, task: &TaskId) -> Result<Option<TaskRecord>, StateError> {
         let key = self.state.keys().import_task(user, task);
+        // Set when memory holds progress that Redis lacks: made during an
+        // outage, or before the flag was turned on.
         let mut memory_ahead = false;
         let found = self
             .state
@@ -315,23 +293,23 @@ impl TaskStatusStore {
                     let key = key.clone();
                     async move { parse_record(b.get(&key).await?) }
                 },
-                |redis, memory| {
-                    if memory.is_ahead_of(&redis) {
+                |redis, memory| match (redis, memory) {
+                    (Some(r), Some(m)) if m.is_ahead_of(&r) => {
                         memory_ahead = true;
-                        memory
-                    } else {
-                        redis
+                        Some(m)
                     }
+                    (None, Some(m)) => {
+                        memory_ahead = true;
+                        Some(m)
+                    }
+                    (r, m) => r.or(m),
                 },
             )
             .await?;
         if memory_ahead && let Some(record) = &found {
-            // Progress made during an outage: carry it to Redis so that other
-            // instances see it too. Best effort; the next read tries again.
-            if let Err(e) = self
-                .advance(user, task, &TaskPatch::from_record(record))
-                .await
-            {
+            // Carry it to Redis so that other instances see it too. Best
+            // effort: the next read tries again.
+            if let Err(e) = self.advance(user, task, &TaskPatch::from_record(record)).await {
                 tracing::debug!(error = %e, "task status repair deferred");
             }
         }
@@ -369,11 +347,7 @@ mod tests {
     }
 
     fn step(current: Option<String>, patch: &TaskPatch) -> (UpdateOutcome, Option<String>) {
-        let args = vec![
-            serde_json::to_string(patch).unwrap(),
-            "update".into(),
-            String::new(),
-        ];
+        let args = vec![serde_json::to_string(patch).unwrap(), "update".into(), String::new()];
         apply_transition(current.as_deref(), &args)
     }
 
@@ -411,10 +385,7 @@ mod tests {
     fn optional_fields_are_kept_unless_given() {
         let mut done = TaskPatch::new(TaskStatus::Processing, 50, "a", "b");
         done.document_id = Some("doc".into());
-        let (_, s) = step(
-            Some(serde_json::to_string(&record(TaskStatus::Processing, 10)).unwrap()),
-            &done,
-        );
+        let (_, s) = step(Some(serde_json::to_string(&record(TaskStatus::Processing, 10)).unwrap()), &done);
         let (_, s) = step(s, &TaskPatch::new(TaskStatus::Completed, 100, "done", "ok"));
         let r: TaskRecord = serde_json::from_str(&s.unwrap()).unwrap();
         assert_eq!(r.document_id.as_deref(), Some("doc"));
@@ -423,15 +394,9 @@ mod tests {
 
     #[test]
     fn ahead_of_is_a_strict_order_that_respects_terminal_states() {
-        assert!(
-            record(TaskStatus::Processing, 50).is_ahead_of(&record(TaskStatus::Processing, 40))
-        );
-        assert!(
-            !record(TaskStatus::Processing, 40).is_ahead_of(&record(TaskStatus::Processing, 40))
-        );
-        assert!(
-            record(TaskStatus::Completed, 100).is_ahead_of(&record(TaskStatus::Processing, 90))
-        );
+        assert!(record(TaskStatus::Processing, 50).is_ahead_of(&record(TaskStatus::Processing, 40)));
+        assert!(!record(TaskStatus::Processing, 40).is_ahead_of(&record(TaskStatus::Processing, 40)));
+        assert!(record(TaskStatus::Completed, 100).is_ahead_of(&record(TaskStatus::Processing, 90)));
         assert!(!record(TaskStatus::Failed, 100).is_ahead_of(&record(TaskStatus::Completed, 100)));
     }
 }

@@ -44,8 +44,7 @@ pub struct StagedUpload {
     pub created_at: i64,
 }
 
-const DOCUMENT_COLUMNS: &str =
-    "id, user_id, title, filename, format, size_bytes, chunk_count, created_at";
+const DOCUMENT_COLUMNS: &str = "id, user_id, title, filename, format, size_bytes, chunk_count, created_at";
 
 /// Rows per multi-row INSERT of chunks (6 parameters each, far below both
 /// databases' parameter limits).
@@ -53,11 +52,7 @@ const CHUNK_BATCH: usize = 100;
 
 impl Database {
     /// Stores a document and its chunks in one transaction.
-    pub async fn insert_document(
-        &self,
-        doc: &Document,
-        chunks: &[NewChunk],
-    ) -> Result<(), sqlx::Error> {
+    pub async fn insert_document(&self, doc: &Document, chunks: &[NewChunk]) -> Result<(), sqlx::Error> {
         let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO documents (id, user_id, title, filename, format, size_bytes, chunk_count, created_at) \
@@ -77,15 +72,7 @@ impl Database {
             let placeholders: Vec<String> = (0..batch.len())
                 .map(|i| {
                     let b = i * 6;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6
-                    )
+                    format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
                 })
                 .collect();
             let sql = format!(
@@ -130,11 +117,7 @@ impl Database {
     }
 
     /// The document if it belongs to `user`.
-    pub async fn document(
-        &self,
-        user: &UserId,
-        id: &DocumentId,
-    ) -> Result<Option<Document>, sqlx::Error> {
+    pub async fn document(&self, user: &UserId, id: &DocumentId) -> Result<Option<Document>, sqlx::Error> {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = $1 AND user_id = $2"
         )))
@@ -164,11 +147,7 @@ impl Database {
     }
 
     /// Deletes the document (and its chunks) if it belongs to `user`.
-    pub async fn delete_document(
-        &self,
-        user: &UserId,
-        id: &DocumentId,
-    ) -> Result<bool, sqlx::Error> {
+    pub async fn delete_document(&self, user: &UserId, id: &DocumentId) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool().begin().await?;
         sqlx::query("DELETE FROM chunks WHERE document_id = $1 AND user_id = $2")
             .bind(id.as_str())
@@ -201,11 +180,7 @@ impl Database {
         Ok(())
     }
 
-    pub async fn staged_upload(
-        &self,
-        user: &UserId,
-        task: &TaskId,
-    ) -> Result<Option<StagedUpload>, sqlx::Error> {
+    pub async fn staged_upload(&self, user: &UserId, task: &TaskId) -> Result<Option<StagedUpload>, sqlx::Error> {
         sqlx::query_as(
             "SELECT task_id, user_id, filename, title, format, content, created_at FROM staged_uploads \
              WHERE user_id = $1 AND task_id = $2",
@@ -216,11 +191,7 @@ impl Database {
         .await
     }
 
-    pub async fn drop_staged_upload(
-        &self,
-        user: &UserId,
-        task: &TaskId,
-    ) -> Result<(), sqlx::Error> {
+    pub async fn drop_staged_upload(&self, user: &UserId, task: &TaskId) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM staged_uploads WHERE user_id = $1 AND task_id = $2")
             .bind(user.as_str())
             .bind(task.as_str())

@@ -34,11 +34,7 @@ impl Database {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
-        let url = if is_sqlite {
-            prepare_sqlite(url)?
-        } else {
-            url.to_owned()
-        };
+        let url = if is_sqlite { prepare_sqlite(url)? } else { url.to_owned() };
         let options = AnyConnectOptions::from_str(&url).context("invalid DATABASE_URL")?;
         let pool = AnyPoolOptions::new()
             .max_connections(if is_sqlite { 8 } else { 16 })
@@ -58,15 +54,8 @@ impl Database {
             .connect_with(options)
             .await
             .context("cannot open the database")?;
-        let migrator = if is_sqlite {
-            &SQLITE_MIGRATIONS
-        } else {
-            &POSTGRES_MIGRATIONS
-        };
-        migrator
-            .run(&pool)
-            .await
-            .context("database migration failed")?;
+        let migrator = if is_sqlite { &SQLITE_MIGRATIONS } else { &POSTGRES_MIGRATIONS };
+        migrator.run(&pool).await.context("database migration failed")?;
         Ok(Self { pool, is_sqlite })
     }
 
@@ -81,10 +70,7 @@ impl Database {
     /// True when the database answers within a second.
     pub async fn ping(&self) -> bool {
         let q = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), q).await,
-            Ok(Ok(1))
-        )
+        matches!(tokio::time::timeout(Duration::from_secs(1), q).await, Ok(Ok(1)))
     }
 
     pub async fn close(&self) {

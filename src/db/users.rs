@@ -34,14 +34,16 @@ impl Database {
             is_admin: i64::from(is_admin),
             created_at: crate::tasks::now_ms(),
         };
-        sqlx::query("INSERT INTO users (id, username, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&user.id)
-            .bind(&user.username)
-            .bind(&user.password_hash)
-            .bind(user.is_admin)
-            .bind(user.created_at)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&user.id)
+        .bind(&user.username)
+        .bind(&user.password_hash)
+        .bind(user.is_admin)
+        .bind(user.created_at)
+        .execute(self.pool())
+        .await?;
         Ok(user)
     }
 
@@ -53,11 +55,9 @@ impl Database {
     }
 
     pub async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, username, password_hash, is_admin, created_at FROM users WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(self.pool())
-        .await
+        sqlx::query_as("SELECT id, username, password_hash, is_admin, created_at FROM users WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(self.pool())
+            .await
     }
 }

@@ -34,16 +34,10 @@ async fn require_admin(app: &App, user: &crate::ids::UserId) -> ApiResult<()> {
 
 fn view(app: &App) -> Json<FlagsView> {
     let flags = app.state.flags();
-    Json(FlagsView {
-        effective: flags.effective(),
-        overrides: flags.overrides(),
-    })
+    Json(FlagsView { effective: flags.effective(), overrides: flags.overrides() })
 }
 
-async fn show(
-    State(app): State<Arc<App>>,
-    CurrentUser(user): CurrentUser,
-) -> ApiResult<Json<FlagsView>> {
+async fn show(State(app): State<Arc<App>>, CurrentUser(user): CurrentUser) -> ApiResult<Json<FlagsView>> {
     require_admin(&app, &user).await?;
     Ok(view(&app))
 }
@@ -59,39 +53,23 @@ async fn update(
         let flag = Flag::parse(&name).ok_or_else(|| {
             ApiError::unprocessable(
                 "unknown_flag",
-                format!(
-                    "unknown flag {name:?}; known: {:?}",
-                    Flag::ALL.map(Flag::name)
-                ),
+                format!("unknown flag {name:?}; known: {:?}", Flag::ALL.map(Flag::name)),
             )
         })?;
         changes.insert(flag, value);
     }
     let redis = app.state.redis().ok_or_else(|| {
-        ApiError::conflict(
-            "redis_not_configured",
-            "flag overrides live in Redis; no Redis connection is configured",
-        )
+        ApiError::conflict("redis_not_configured", "flag overrides live in Redis; no Redis connection is configured")
     })?;
-    let set: Vec<(String, String)> = changes
-        .iter()
-        .filter_map(|(f, v)| v.map(|v| (f.name().to_owned(), encode_flag(v).to_owned())))
-        .collect();
-    let del: Vec<String> = changes
-        .iter()
-        .filter(|(_, v)| v.is_none())
-        .map(|(f, _)| f.name().to_owned())
-        .collect();
-    redis
-        .hset_many(&app.state.keys().flags(), &set, &del)
-        .await
-        .map_err(|e| match e {
-            BackendError::Unavailable(_) => {
-                ApiError::unavailable("redis_unavailable", "Redis is unreachable; flags unchanged")
-                    .with_retry_after(1)
-            }
-            BackendError::Command(m) => ApiError::internal(m),
-        })?;
+    let set: Vec<(String, String)> =
+        changes.iter().filter_map(|(f, v)| v.map(|v| (f.name().to_owned(), encode_flag(v).to_owned()))).collect();
+    let del: Vec<String> = changes.iter().filter(|(_, v)| v.is_none()).map(|(f, _)| f.name().to_owned()).collect();
+    redis.hset_many(&app.state.keys().flags(), &set, &del).await.map_err(|e| match e {
+        BackendError::Unavailable(_) => {
+            ApiError::unavailable("redis_unavailable", "Redis is unreachable; flags unchanged").with_retry_after(1)
+        }
+        BackendError::Command(m) => ApiError::internal(m),
+    })?;
     app.state.flags().apply(&changes);
     tracing::info!(by = %user, ?changes, "flag overrides changed");
     Ok(view(&app))

@@ -15,9 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::DocumentId;
 
 pub fn router() -> Router<Arc<App>> {
-    Router::new()
-        .route("/documents", get(list))
-        .route("/documents/{id}", get(show).delete(remove))
+    Router::new().route("/documents", get(list)).route("/documents/{id}", get(show).delete(remove))
 }
 
 #[derive(Deserialize)]
@@ -31,16 +29,10 @@ impl Page {
         let limit = self.limit.unwrap_or(default);
         let offset = self.offset.unwrap_or(0);
         if !(1..=max).contains(&limit) {
-            return Err(ApiError::unprocessable(
-                "invalid_query",
-                format!("limit must be between 1 and {max}"),
-            ));
+            return Err(ApiError::unprocessable("invalid_query", format!("limit must be between 1 and {max}")));
         }
         if offset < 0 {
-            return Err(ApiError::unprocessable(
-                "invalid_query",
-                "offset must not be negative",
-            ));
+            return Err(ApiError::unprocessable("invalid_query", "offset must not be negative"));
         }
         Ok((limit, offset))
     }
@@ -86,10 +78,7 @@ async fn list(
 ) -> ApiResult<Json<DocumentList>> {
     let (limit, offset) = page.bounds(20, 100)?;
     let (docs, total) = app.db.list_documents(&user, limit, offset).await?;
-    Ok(Json(DocumentList {
-        items: docs.into_iter().map(Into::into).collect(),
-        total,
-    }))
+    Ok(Json(DocumentList { items: docs.into_iter().map(Into::into).collect(), total }))
 }
 
 async fn show(
@@ -101,10 +90,7 @@ async fn show(
     let (limit, offset) = page.bounds(50, 500)?;
     let doc = app.db.document(&user, &id).await?.ok_or_else(not_found)?;
     let chunks = app.db.chunks(&user, &id, limit, offset).await?;
-    Ok(Json(DocumentDetail {
-        doc: doc.into(),
-        chunks,
-    }))
+    Ok(Json(DocumentDetail { doc: doc.into(), chunks }))
 }
 
 async fn remove(
@@ -112,9 +98,5 @@ async fn remove(
     CurrentUser(user): CurrentUser,
     IdPath(id): IdPath<DocumentId>,
 ) -> ApiResult<StatusCode> {
-    if app.db.delete_document(&user, &id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(not_found())
-    }
+    if app.db.delete_document(&user, &id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(not_found()) }
 }

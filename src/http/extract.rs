@@ -20,10 +20,8 @@ impl FromRequestParts<Arc<App>> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
+        let header =
+            parts.headers.get(AUTHORIZATION).ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
         let token = header
             .to_str()
             .ok()
@@ -31,10 +29,7 @@ impl FromRequestParts<Arc<App>> for CurrentUser {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
             .ok_or_else(|| ApiError::unauthorized("expected 'Authorization: Bearer <token>'"))?;
-        app.tokens
-            .verify(token)
-            .map(CurrentUser)
-            .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))
+        app.tokens.verify(token).map(CurrentUser).ok_or_else(|| ApiError::unauthorized("invalid or expired token"))
     }
 }
 
@@ -46,9 +41,7 @@ impl<S: Send + Sync, T: ParseId> FromRequestParts<S> for IdPath<T> {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
-        T::parse_id(&raw)
-            .map(IdPath)
-            .map_err(|_| ApiError::invalid_id(T::WHAT))
+        T::parse_id(&raw).map(IdPath).map_err(|_| ApiError::invalid_id(T::WHAT))
     }
 }
 
@@ -69,11 +62,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequest<S> for JsonOrForm<T
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let content_type = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         if content_type.starts_with("application/x-www-form-urlencoded") {
             let axum::Form(value) = axum::Form::<T>::from_request(req, state).await?;
             Ok(Self(value))

@@ -49,9 +49,7 @@ pub struct TaskView {
 }
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl From<TaskRecord> for TaskView {
@@ -90,11 +88,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, max_bytes: usize
 fn clean_filename(raw: &str) -> String {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or_default();
     let clean: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
-    if clean.trim().is_empty() {
-        "upload".into()
-    } else {
-        clean
-    }
+    if clean.trim().is_empty() { "upload".into() } else { clean }
 }
 
 async fn upload(
@@ -103,15 +97,10 @@ async fn upload(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let max = app.config.max_upload_bytes();
-    let mut multipart =
-        multipart.map_err(|r| ApiError::new(r.status(), "invalid_multipart", r.body_text()))?;
+    let mut multipart = multipart.map_err(|r| ApiError::new(r.status(), "invalid_multipart", r.body_text()))?;
     let mut file: Option<(String, Vec<u8>)> = None;
     let mut title: Option<String> = None;
-    while let Some(mut field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| multipart_error(e, max))?
-    {
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, max))? {
         match field.name() {
             Some("file") if file.is_none() => {
                 let name = clean_filename(field.file_name().unwrap_or("upload"));
@@ -129,49 +118,25 @@ async fn upload(
                 title = Some(text.chars().take(1000).collect());
             }
             // Unknown fields are read and dropped.
-            _ => {
-                while field
-                    .chunk()
-                    .await
-                    .map_err(|e| multipart_error(e, max))?
-                    .is_some()
-                {}
-            }
+            _ => while field.chunk().await.map_err(|e| multipart_error(e, max))?.is_some() {},
         }
     }
-    let (filename, bytes) = file
-        .ok_or_else(|| ApiError::unprocessable("missing_file", "the form needs a 'file' field"))?;
-    if bytes.is_empty() {
-        return Err(ApiError::unprocessable(
-            "empty_file",
-            "the uploaded file is empty",
-        ));
-    }
-    let record = app
-        .imports
-        .submit(&user, &filename, title.as_deref(), bytes)
-        .await
-        .map_err(|e| match e {
-            SubmitError::Unsupported(u) => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                u.to_string(),
-            ),
-            SubmitError::QueueFull => ApiError::unavailable(
-                "import_queue_full",
-                "too many imports are waiting, retry shortly",
-            )
-            .with_retry_after(5),
-            SubmitError::State(s) => s.into(),
-            SubmitError::Database(d) => d.into(),
-        })?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            task_id: record.task_id,
-            status: record.status,
-        }),
-    ))
+    let (filename, bytes) =
+        file.ok_or_else(|| ApiError::unprocessable("missing_file", "the form needs a 'file' field"))?;
+    // An empty file is accepted: its task fails with a readable error, as
+    // for any other supported file that cannot be read.
+    let record = app.imports.submit(&user, &filename, title.as_deref(), bytes).await.map_err(|e| match e {
+        SubmitError::Unsupported(u) => {
+            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", u.to_string())
+        }
+        SubmitError::QueueFull => {
+            ApiError::unavailable("import_queue_full", "too many imports are waiting, retry shortly")
+                .with_retry_after(5)
+        }
+        SubmitError::State(s) => s.into(),
+        SubmitError::Database(d) => d.into(),
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(Accepted { task_id: record.task_id, status: record.status })))
 }
 
 async fn status(
@@ -181,10 +146,7 @@ async fn status(
 ) -> ApiResult<Json<TaskView>> {
     // The key carries the user id: another user's task is simply not found,
     // with the same answer as an unknown id.
-    let record = app
-        .tasks
-        .get(&user, &task)
-        .await?
-        .ok_or_else(|| ApiError::not_found("task_not_found", "task not found"))?;
+    let record =
+        app.tasks.get(&user, &task).await?.ok_or_else(|| ApiError::not_found("task_not_found", "task not found"))?;
     Ok(Json(record.into()))
 }

@@ -31,10 +31,7 @@ pub fn looks_binary(bytes: &[u8]) -> bool {
     if head.contains(&0) {
         return true;
     }
-    let controls = head
-        .iter()
-        .filter(|&&b| b < 0x20 && !b"\t\n\r\x0c\x1b".contains(&b))
-        .count();
+    let controls = head.iter().filter(|&&b| b < 0x20 && !b"\t\n\r\x0c\x1b".contains(&b)).count();
     controls * 100 > head.len().max(1) * 2
 }
 
@@ -47,38 +44,25 @@ pub fn decode_text(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         if had_errors {
             return Err(DecodeError::Undecodable);
         }
-        return Ok(Decoded {
-            text: text.into_owned(),
-            encoding: encoding.name(),
-        });
+        return Ok(Decoded { text: text.into_owned(), encoding: encoding.name() });
     }
     if looks_binary(bytes) {
         return Err(DecodeError::Binary);
     }
     if let Ok(text) = std::str::from_utf8(bytes) {
-        return Ok(Decoded {
-            text: text.to_owned(),
-            encoding: "UTF-8",
-        });
+        return Ok(Decoded { text: text.to_owned(), encoding: "UTF-8" });
     }
     let mut detector = chardetng::EncodingDetector::new();
     detector.feed(bytes, true);
     let encoding = detector.guess(None, true);
     // GBK files are decoded as GB18030, its superset, so nothing in a GBK file
     // is lost and four-byte GB18030 sequences also decode.
-    let encoding = if encoding == encoding_rs::GBK {
-        encoding_rs::GB18030
-    } else {
-        encoding
-    };
+    let encoding = if encoding == encoding_rs::GBK { encoding_rs::GB18030 } else { encoding };
     let (text, _, had_errors) = encoding.decode(bytes);
     if had_errors {
         return Err(DecodeError::Undecodable);
     }
-    Ok(Decoded {
-        text: text.into_owned(),
-        encoding: encoding.name(),
-    })
+    Ok(Decoded { text: text.into_owned(), encoding: encoding.name() })
 }
 
 #[cfg(test)]
@@ -87,13 +71,11 @@ mod tests {
 
     #[test]
     fn decodes_gbk_and_big5_and_utf16() {
-        let (gbk, _, _) = encoding_rs::GBK.encode(
-            "早期计算机的字符编码基本上都是6位。这是一段足够长的中文文本，用来让检测器做出判断。",
-        );
+        let (gbk, _, _) = encoding_rs::GBK
+            .encode("早期计算机的字符编码基本上都是6位。这是一段足够长的中文文本，用来让检测器做出判断。");
         let d = decode_text(&gbk).unwrap();
         assert!(d.text.contains("早期计算机的字符编码"), "{d:?}");
-        let (big5, _, _) = encoding_rs::BIG5
-            .encode("維基大典者，網路為礎，文言維基始於丙戌年七夕，眾人共筆之書也。");
+        let (big5, _, _) = encoding_rs::BIG5.encode("維基大典者，網路為礎，文言維基始於丙戌年七夕，眾人共筆之書也。");
         assert!(decode_text(&big5).unwrap().text.contains("維基大典者"));
         let mut utf16 = vec![0xFF, 0xFE];
         for u in "# 火星".encode_utf16() {
@@ -107,10 +89,7 @@ mod tests {
     #[test]
     fn refuses_binary_and_empty() {
         assert_eq!(decode_text(b""), Err(DecodeError::Empty));
-        assert_eq!(
-            decode_text(b"PK\x03\x04\x00\x00binary"),
-            Err(DecodeError::Binary)
-        );
+        assert_eq!(decode_text(b"PK\x03\x04\x00\x00binary"), Err(DecodeError::Binary));
         assert!(looks_binary(b"\x00\x01\x02"));
         assert!(!looks_binary("plain text\n".as_bytes()));
     }

@@ -72,12 +72,7 @@ impl ImportService {
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
-        let this = Arc::new(Self {
-            db,
-            tasks,
-            queue: tx,
-            settings,
-        });
+        let this = Arc::new(Self { db, tasks, queue: tx, settings });
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..this.settings.workers {
             let (this, rx, cancel) = (this.clone(), rx.clone(), cancel.clone());
@@ -105,21 +100,13 @@ impl ImportService {
         bytes: Vec<u8>,
     ) -> Result<TaskRecord, SubmitError> {
         let format = parse::sniff(filename, &bytes)?;
-        let permit = self
-            .queue
-            .try_reserve()
-            .map_err(|_| SubmitError::QueueFull)?;
+        let permit = self.queue.try_reserve().map_err(|_| SubmitError::QueueFull)?;
         let task = TaskId::generate();
         let upload = StagedUpload {
             task_id: task.to_string(),
             user_id: user.to_string(),
             filename: filename.to_owned(),
-            title: title
-                .map(str::trim)
-                .unwrap_or_default()
-                .chars()
-                .take(200)
-                .collect(),
+            title: title.map(str::trim).unwrap_or_default().chars().take(200).collect(),
             format: format.as_str().to_owned(),
             content: bytes,
             created_at: now_ms(),
@@ -132,10 +119,7 @@ impl ImportService {
                 return Err(e.into());
             }
         };
-        permit.send(ImportJob {
-            user: user.clone(),
-            task,
-        });
+        permit.send(ImportJob { user: user.clone(), task });
         Ok(record)
     }
 
@@ -144,8 +128,7 @@ impl ImportService {
         let patch = match outcome {
             Ok(document_id) => {
                 metrics::counter!("reportd_imports_total", "outcome" => "completed").increment(1);
-                let mut p =
-                    TaskPatch::new(TaskStatus::Completed, 100, "completed", "import completed");
+                let mut p = TaskPatch::new(TaskStatus::Completed, 100, "completed", "import completed");
                 p.document_id = Some(document_id);
                 p
             }
@@ -199,13 +182,7 @@ impl ImportService {
             })?
             .ok_or("the upload is no longer available")?;
         let format = Format::parse(&upload.format).ok_or("unknown document format")?;
-        self.step(
-            job,
-            15,
-            "parsing",
-            format!("parsing the {} file", format.as_str()),
-        )
-        .await;
+        self.step(job, 15, "parsing", format!("parsing the {} file", format.as_str())).await;
         let size_bytes = upload.content.len() as i64;
         let content = upload.content;
         let work = tokio::task::spawn_blocking(move || prepare(format, &content));
@@ -218,17 +195,8 @@ impl ImportService {
             Ok(Err(_)) => return Err("the import was interrupted".into()),
             Ok(Ok(result)) => result?,
         };
-        self.step(
-            job,
-            60,
-            "chunking",
-            format!(
-                "{} chunks from {} text",
-                prepared.chunks.len(),
-                prepared.encoding
-            ),
-        )
-        .await;
+        self.step(job, 60, "chunking", format!("{} chunks from {} text", prepared.chunks.len(), prepared.encoding))
+            .await;
         let title = Some(upload.title.clone())
             .filter(|t| !t.is_empty())
             .or_else(|| prepared.doc.title.clone())
@@ -244,13 +212,10 @@ impl ImportService {
             created_at: now_ms(),
         };
         self.step(job, 75, "storing", "saving the document").await;
-        self.db
-            .insert_document(&doc, &prepared.chunks)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot store a document");
-                "the document could not be saved".to_string()
-            })?;
+        self.db.insert_document(&doc, &prepared.chunks).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot store a document");
+            "the document could not be saved".to_string()
+        })?;
         Ok(doc.id)
     }
 }
@@ -266,19 +231,11 @@ fn prepare(format: Format, bytes: &[u8]) -> Result<Prepared, String> {
     if chunks.is_empty() {
         return Err("the document contains no text".into());
     }
-    Ok(Prepared {
-        doc,
-        chunks,
-        encoding: decoded.encoding,
-    })
+    Ok(Prepared { doc, chunks, encoding: decoded.encoding })
 }
 
 fn file_stem(filename: &str) -> String {
     let name = filename.rsplit(['/', '\\']).next().unwrap_or(filename);
     let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
-    if stem.is_empty() {
-        "untitled".into()
-    } else {
-        stem.chars().take(200).collect()
-    }
+    if stem.is_empty() { "untitled".into() } else { stem.chars().take(200).collect() }
 }

@@ -32,9 +32,7 @@ impl Format {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Txt, Self::Md, Self::Html, Self::Docx, Self::Pdf]
-            .into_iter()
-            .find(|f| f.as_str() == s)
+        [Self::Txt, Self::Md, Self::Html, Self::Docx, Self::Pdf].into_iter().find(|f| f.as_str() == s)
     }
 
     /// Formats this build can import.
@@ -66,18 +64,13 @@ fn extension(filename: &str) -> Option<String> {
 fn content_kind(bytes: &[u8]) -> Option<Format> {
     let head = &bytes[..bytes.len().min(1024)];
     // The PDF header may follow some junk within the first 1024 bytes.
-    if head.starts_with(b"%PDF-")
-        || (head.windows(5).any(|w| w == b"%PDF-") && super::decode::looks_binary(bytes))
-    {
+    if head.starts_with(b"%PDF-") || (head.windows(5).any(|w| w == b"%PDF-") && super::decode::looks_binary(bytes)) {
         return Some(Format::Pdf);
     }
     if head.starts_with(b"PK\x03\x04") {
         return Some(Format::Docx);
     }
-    let text = String::from_utf8_lossy(head)
-        .trim_start_matches('\u{feff}')
-        .trim_start()
-        .to_ascii_lowercase();
+    let text = String::from_utf8_lossy(head).trim_start_matches('\u{feff}').trim_start().to_ascii_lowercase();
     if text.starts_with("<!doctype html") || text.starts_with("<html") {
         return Some(Format::Html);
     }
@@ -97,9 +90,7 @@ pub fn sniff(filename: &str, bytes: &[u8]) -> Result<Format, Unsupported> {
     let format = match (content_kind(bytes), by_name) {
         (Some(Format::Html), Format::Txt | Format::Md | Format::Html) => Format::Html,
         (Some(found), by_name) if found != by_name => {
-            return Err(Unsupported::Mismatch {
-                found: found.as_str(),
-            });
+            return Err(Unsupported::Mismatch { found: found.as_str() });
         }
         (_, by_name) => by_name,
     };
@@ -129,13 +120,7 @@ pub struct ParsedDocument {
 
 /// Plain text: one section without headings.
 pub fn parse_plain(text: &str) -> ParsedDocument {
-    ParsedDocument {
-        title: None,
-        sections: vec![Section {
-            headings: vec![],
-            text: normalise(text),
-        }],
-    }
+    ParsedDocument { title: None, sections: vec![Section { headings: vec![], text: normalise(text) }] }
 }
 
 /// Markdown: the source is kept as written (links, code and all) and cut at
@@ -150,9 +135,7 @@ pub fn parse_markdown(source: &str) -> ParsedDocument {
     let mut title = None;
     for (event, range) in Parser::new_ext(&source, Options::ENABLE_TABLES).into_offset_iter() {
         match event {
-            Event::Start(Tag::Heading { level, .. }) => {
-                in_heading = Some((level, range.start, String::new()))
-            }
+            Event::Start(Tag::Heading { level, .. }) => in_heading = Some((level, range.start, String::new())),
             Event::Text(t) | Event::Code(t) => {
                 if let Some((_, _, text)) = &mut in_heading {
                     text.push_str(&t);
@@ -171,11 +154,7 @@ pub fn parse_markdown(source: &str) -> ParsedDocument {
                     title = Some(text.clone());
                 }
                 stack.push((level, text));
-                section_path = stack
-                    .iter()
-                    .map(|(_, t)| t.clone())
-                    .filter(|t| !t.is_empty())
-                    .collect();
+                section_path = stack.iter().map(|(_, t)| t.clone()).filter(|t| !t.is_empty()).collect();
                 section_start = start;
             }
             _ => {}
@@ -187,18 +166,13 @@ pub fn parse_markdown(source: &str) -> ParsedDocument {
 
 fn push_section(sections: &mut Vec<Section>, path: &[String], text: &str) {
     if !text.trim().is_empty() {
-        sections.push(Section {
-            headings: path.to_vec(),
-            text: text.to_owned(),
-        });
+        sections.push(Section { headings: path.to_vec(), text: text.to_owned() });
     }
 }
 
 /// Unix line ends, no NULs (PostgreSQL refuses them in TEXT).
 fn normalise(text: &str) -> String {
-    text.replace("\r\n", "\n")
-        .replace('\r', "\n")
-        .replace('\0', "")
+    text.replace("\r\n", "\n").replace('\r', "\n").replace('\0', "")
 }
 
 /// Splits every section into chunks of at most [`CHUNK_CHARS`] characters,
@@ -219,10 +193,7 @@ pub fn chunk(doc: &ParsedDocument, markdown: bool) -> Vec<NewChunk> {
             pieces
                 .into_iter()
                 .filter(|c| !c.trim().is_empty())
-                .map(|c| NewChunk {
-                    heading_path: heading_path.clone(),
-                    content: c.to_owned(),
-                }),
+                .map(|c| NewChunk { heading_path: heading_path.clone(), content: c.to_owned() }),
         );
     }
     out
@@ -237,41 +208,21 @@ mod tests {
         assert_eq!(sniff("a.txt", b"hello"), Ok(Format::Txt));
         assert_eq!(sniff("notes", b"hello"), Ok(Format::Txt));
         assert_eq!(sniff("a.MD", b"# x"), Ok(Format::Md));
-        assert_eq!(
-            sniff("a.txt", b"%PDF-1.4 ..."),
-            Err(Unsupported::Mismatch { found: "pdf" })
-        );
-        assert_eq!(
-            sniff("a.md", b"PK\x03\x04...."),
-            Err(Unsupported::Mismatch { found: "docx" })
-        );
-        assert!(matches!(
-            sniff("a.exe", b"MZ"),
-            Err(Unsupported::Extension(_))
-        ));
-        assert_eq!(
-            sniff("a.txt", b"\x00\x01\x02\x03binary"),
-            Err(Unsupported::Binary)
-        );
+        assert_eq!(sniff("a.txt", b"%PDF-1.4 ..."), Err(Unsupported::Mismatch { found: "pdf" }));
+        assert_eq!(sniff("a.md", b"PK\x03\x04...."), Err(Unsupported::Mismatch { found: "docx" }));
+        assert!(matches!(sniff("a.exe", b"MZ"), Err(Unsupported::Extension(_))));
+        assert_eq!(sniff("a.txt", b"\x00\x01\x02\x03binary"), Err(Unsupported::Binary));
         assert_eq!(sniff("a.pdf", b"%PDF-1.4"), Err(Unsupported::NotYet("pdf")));
     }
 
     #[test]
     fn markdown_sections_carry_their_heading_path() {
-        let doc = parse_markdown(
-            "intro\n\n# 第一章\n\ntext one\n\n## 1.2 背景\n\nmore [link](x)\n\n# 第二章\n\nlast\n",
-        );
+        let doc =
+            parse_markdown("intro\n\n# 第一章\n\ntext one\n\n## 1.2 背景\n\nmore [link](x)\n\n# 第二章\n\nlast\n");
         assert_eq!(doc.title.as_deref(), Some("第一章"));
-        let paths: Vec<String> = doc
-            .sections
-            .iter()
-            .map(|s| s.headings.join(" > "))
-            .collect();
+        let paths: Vec<String> = doc.sections.iter().map(|s| s.headings.join(" > ")).collect();
         assert_eq!(paths, ["", "第一章", "第一章 > 1.2 背景", "第二章"]);
-        assert!(
-            doc.sections[2].text.contains("more [link](x)"),
-            "markdown source is kept"
-        );
+        assert!(doc.sections[2].text.contains("more [link](x)"), "markdown source is kept");
         let chunks = chunk(&doc, true);
         assert_eq!(chunks.len(), 4);
         assert_eq!(chunks[2].heading_path, "第一章 > 1.2 背景");
@@ -283,11 +234,7 @@ mod tests {
         let text = sentence.repeat(300);
         let chunks = chunk(&parse_plain(&text), false);
         assert!(chunks.len() > 1);
-        assert!(
-            chunks
-                .iter()
-                .all(|c| c.content.chars().count() <= CHUNK_CHARS)
-        );
+        assert!(chunks.iter().all(|c| c.content.chars().count() <= CHUNK_CHARS));
         let joined: String = chunks.iter().map(|c| c.content.as_str()).collect();
         assert_eq!(joined, text);
     }

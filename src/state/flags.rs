@@ -28,13 +28,7 @@ pub enum Flag {
 }
 
 impl Flag {
-    pub const ALL: [Flag; 5] = [
-        Self::RedisEnabled,
-        Self::TaskStatus,
-        Self::ChatSession,
-        Self::Cache,
-        Self::RateLimit,
-    ];
+    pub const ALL: [Flag; 5] = [Self::RedisEnabled, Self::TaskStatus, Self::ChatSession, Self::Cache, Self::RateLimit];
 
     /// The environment variable, which is also the field name in the hash.
     pub fn name(self) -> &'static str {
@@ -81,43 +75,21 @@ pub struct Flags {
 
 impl Flags {
     pub fn new(env: BTreeMap<Flag, bool>) -> Self {
-        Self {
-            env,
-            overrides: RwLock::new(BTreeMap::new()),
-        }
+        Self { env, overrides: RwLock::new(BTreeMap::new()) }
     }
 
     pub fn overrides(&self) -> BTreeMap<Flag, bool> {
-        self.overrides
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.overrides.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn effective(&self) -> BTreeMap<Flag, bool> {
         let overrides = self.overrides();
-        Flag::ALL
-            .into_iter()
-            .map(|f| {
-                (
-                    f,
-                    overrides
-                        .get(&f)
-                        .or(self.env.get(&f))
-                        .copied()
-                        .unwrap_or(false),
-                )
-            })
-            .collect()
+        Flag::ALL.into_iter().map(|f| (f, overrides.get(&f).or(self.env.get(&f)).copied().unwrap_or(false))).collect()
     }
 
     pub fn get(&self, flag: Flag) -> bool {
         let overrides = self.overrides.read().unwrap_or_else(|p| p.into_inner());
-        overrides
-            .get(&flag)
-            .or(self.env.get(&flag))
-            .copied()
-            .unwrap_or(false)
+        overrides.get(&flag).or(self.env.get(&flag)).copied().unwrap_or(false)
     }
 
     /// The master switch and the feature's own flag are both on.
@@ -164,10 +136,7 @@ mod tests {
 
     #[test]
     fn overrides_win_over_the_environment() {
-        let flags = Flags::new(BTreeMap::from([
-            (Flag::RedisEnabled, true),
-            (Flag::TaskStatus, true),
-        ]));
+        let flags = Flags::new(BTreeMap::from([(Flag::RedisEnabled, true), (Flag::TaskStatus, true)]));
         assert!(flags.redis_wanted(Feature::TaskStatus));
         assert!(!flags.redis_wanted(Feature::Cache));
         flags.load_hash(&HashMap::from([

@@ -84,10 +84,7 @@ pub struct MemoryBackend {
 
 impl MemoryBackend {
     pub fn new(max_keys: usize) -> Self {
-        Self {
-            inner: Mutex::new(Inner::default()),
-            max_keys: max_keys.max(1),
-        }
+        Self { inner: Mutex::new(Inner::default()), max_keys: max_keys.max(1) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -132,16 +129,12 @@ impl Backend for MemoryBackend {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<String>, BackendError> {
-        Ok(self
-            .lock()
-            .live(key.as_str(), Instant::now())
-            .map(|e| e.value.clone()))
+        Ok(self.lock().live(key.as_str(), Instant::now()).map(|e| e.value.clone()))
     }
 
     async fn set(&self, key: &Key, value: &str, ttl: Duration) -> Result<(), BackendError> {
         let expires_at = Instant::now() + ttl;
-        self.lock()
-            .insert(key.as_str(), value.to_owned(), expires_at, self.max_keys);
+        self.lock().insert(key.as_str(), value.to_owned(), expires_at, self.max_keys);
         Ok(())
     }
 
@@ -151,10 +144,7 @@ impl Backend for MemoryBackend {
 
     async fn ttl(&self, key: &Key) -> Result<Option<Duration>, BackendError> {
         let now = Instant::now();
-        Ok(self
-            .lock()
-            .live(key.as_str(), now)
-            .map(|e| e.expires_at - now))
+        Ok(self.lock().live(key.as_str(), now).map(|e| e.expires_at - now))
     }
 
     async fn update(
@@ -183,10 +173,7 @@ mod tests {
 
     fn key(n: usize) -> Key {
         let ks = KeySpace::new("t", "test").unwrap();
-        ks.import_task(
-            &UserId::parse("u").unwrap(),
-            &TaskId::parse(&format!("k{n}")).unwrap(),
-        )
+        ks.import_task(&UserId::parse("u").unwrap(), &TaskId::parse(&format!("k{n}")).unwrap())
     }
 
     #[tokio::test(start_paused = true)]
@@ -196,11 +183,7 @@ mod tests {
         m.set(&key(2), "b", Duration::from_secs(30)).await.unwrap();
         assert_eq!(m.get(&key(1)).await.unwrap().as_deref(), Some("a"));
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(
-            m.get(&key(1)).await.unwrap(),
-            None,
-            "expired entries are never served"
-        );
+        assert_eq!(m.get(&key(1)).await.unwrap(), None, "expired entries are never served");
         assert_eq!(m.ttl(&key(2)).await.unwrap(), Some(Duration::from_secs(19)));
         tokio::time::advance(Duration::from_secs(20)).await;
         assert_eq!(m.sweep(), 1);
@@ -211,9 +194,7 @@ mod tests {
     async fn the_cap_evicts_what_expires_first() {
         let m = MemoryBackend::new(3);
         for n in 0..5 {
-            m.set(&key(n), "v", Duration::from_secs(100 + n as u64))
-                .await
-                .unwrap();
+            m.set(&key(n), "v", Duration::from_secs(100 + n as u64)).await.unwrap();
         }
         assert_eq!(m.len(), 3);
         assert_eq!(m.get(&key(0)).await.unwrap(), None);

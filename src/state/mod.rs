@@ -50,12 +50,7 @@ pub enum Feature {
 }
 
 impl Feature {
-    pub const ALL: [Feature; 4] = [
-        Self::TaskStatus,
-        Self::ChatSession,
-        Self::Cache,
-        Self::RateLimit,
-    ];
+    pub const ALL: [Feature; 4] = [Self::TaskStatus, Self::ChatSession, Self::Cache, Self::RateLimit];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -142,14 +137,7 @@ impl StateLayer {
         dual_write: bool,
         fallback: FallbackMode,
     ) -> Self {
-        Self {
-            keys,
-            memory,
-            redis,
-            flags,
-            dual_write,
-            fallback,
-        }
+        Self { keys, memory, redis, flags, dual_write, fallback }
     }
 
     pub fn keys(&self) -> &KeySpace {
@@ -182,39 +170,21 @@ impl StateLayer {
     }
 
     pub fn feature_status(&self, feature: Feature) -> FeatureStatus {
-        let memory = FeatureStatus {
-            backend: "memory",
-            degraded: false,
-            scope: "instance",
-            refusing: false,
-        };
+        let memory = FeatureStatus { backend: "memory", degraded: false, scope: "instance", refusing: false };
         match self.route(feature) {
             Route::Memory => memory,
-            Route::Redis => FeatureStatus {
-                backend: "redis",
-                scope: "shared",
-                ..memory
-            },
+            Route::Redis => FeatureStatus { backend: "redis", scope: "shared", ..memory },
             Route::Fallback => match self.fallback {
-                FallbackMode::Memory | FallbackMode::Readonly => FeatureStatus {
-                    degraded: true,
-                    ..memory
-                },
-                FallbackMode::Error => FeatureStatus {
-                    backend: "redis",
-                    degraded: true,
-                    scope: "shared",
-                    refusing: true,
-                },
+                FallbackMode::Memory | FallbackMode::Readonly => FeatureStatus { degraded: true, ..memory },
+                FallbackMode::Error => {
+                    FeatureStatus { backend: "redis", degraded: true, scope: "shared", refusing: true }
+                }
             },
         }
     }
 
     pub fn all_feature_status(&self) -> HashMap<Feature, FeatureStatus> {
-        Feature::ALL
-            .into_iter()
-            .map(|f| (f, self.feature_status(f)))
-            .collect()
+        Feature::ALL.into_iter().map(|f| (f, self.feature_status(f))).collect()
     }
 
     fn memory_backend(&self) -> Arc<dyn Backend> {
@@ -226,35 +196,27 @@ impl StateLayer {
     }
 
     /// Reads through the flag matrix. When Redis serves, memory is read too
-    /// and `merge(redis, memory)` decides between two values found in both.
+    /// and `merge(redis, memory)` decides what to answer (usually Redis's
+    /// value, else memory's: state written before the flag was turned on or
+    /// during an outage).
     pub async fn read<T, F, Fut>(
         &self,
         feature: Feature,
         op: F,
-        merge: impl FnOnce(T, T) -> T,
+        merge: impl FnOnce(Option<T>, Option<T>) -> Option<T>,
     ) -> Result<Option<T>, StateError>
     where
         F: Fn(Arc<dyn Backend>) -> Fut,
         Fut: Future<Output = Result<Option<T>, BackendError>>,
     {
-        let from_memory = || async {
-            op(self.memory_backend())
-                .await
-                .map_err(|e| StateError::Internal(e.to_string()))
-        };
+        let from_memory = || async { op(self.memory_backend()).await.map_err(|e| StateError::Internal(e.to_string())) };
         let route = self.route(feature);
         if route == Route::Redis {
-            let redis: Arc<dyn Backend> = self
-                .redis
-                .clone()
-                .expect("route is Redis only with a client");
+            let redis: Arc<dyn Backend> = self.redis.clone().expect("route is Redis only with a client");
             match op(redis).await {
                 Ok(found) => {
                     let local = from_memory().await?;
-                    return Ok(match (found, local) {
-                        (Some(r), Some(m)) => Some(merge(r, m)),
-                        (r, m) => r.or(m),
-                    });
+                    return Ok(merge(found, local));
                 }
                 Err(BackendError::Command(e)) => return Err(StateError::Internal(e)),
                 Err(BackendError::Unavailable(_)) => {}
@@ -275,17 +237,10 @@ impl StateLayer {
         F: Fn(Arc<dyn Backend>) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
-        let to_memory = || async {
-            op(self.memory_backend())
-                .await
-                .map_err(|e| StateError::Internal(e.to_string()))
-        };
+        let to_memory = || async { op(self.memory_backend()).await.map_err(|e| StateError::Internal(e.to_string())) };
         let route = self.route(feature);
         if route == Route::Redis {
-            let redis: Arc<dyn Backend> = self
-                .redis
-                .clone()
-                .expect("route is Redis only with a client");
+            let redis: Arc<dyn Backend> = self.redis.clone().expect("route is Redis only with a client");
             match op(redis).await {
                 Ok(value) => {
                     if self.dual_write {
@@ -315,8 +270,7 @@ impl StateLayer {
         flags_every: Duration,
         cancel: CancellationToken,
     ) {
-        self.memory
-            .spawn_sweeper(Duration::from_secs(5), cancel.clone());
+        self.memory.spawn_sweeper(Duration::from_secs(5), cancel.clone());
         let Some(redis) = self.redis.clone() else {
             return;
         };

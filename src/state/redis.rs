@@ -48,10 +48,7 @@ impl CircuitBreaker {
         if !self.open.swap(true, Ordering::AcqRel) {
             self.trips.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("reportd_redis_breaker_trips_total").increment(1);
-            tracing::warn!(
-                reason = why,
-                "redis unreachable: circuit opened, serving from fallback"
-            );
+            tracing::warn!(reason = why, "redis unreachable: circuit opened, serving from fallback");
         }
     }
 
@@ -104,11 +101,7 @@ impl RedisBackend {
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| anyhow::anyhow!("cannot create the Redis client: {e}"))?;
-        Ok(Self {
-            conn,
-            breaker: CircuitBreaker::default(),
-            command_timeout: settings.command_timeout,
-        })
+        Ok(Self { conn, breaker: CircuitBreaker::default(), command_timeout: settings.command_timeout })
     }
 
     pub fn breaker(&self) -> &CircuitBreaker {
@@ -185,12 +178,7 @@ impl RedisBackend {
         self.call(|mut c| async move { c.hgetall(k).await }).await
     }
 
-    pub async fn hset_many(
-        &self,
-        key: &Key,
-        set: &[(String, String)],
-        del: &[String],
-    ) -> Result<(), BackendError> {
+    pub async fn hset_many(&self, key: &Key, set: &[(String, String)], del: &[String]) -> Result<(), BackendError> {
         let k = key.as_str().to_owned();
         let (set, del) = (set.to_vec(), del.to_vec());
         self.call(|mut c| async move {
@@ -225,8 +213,7 @@ impl Backend for RedisBackend {
 
     async fn set(&self, key: &Key, value: &str, ttl: Duration) -> Result<(), BackendError> {
         let (k, v) = (key.as_str().to_owned(), value.to_owned());
-        self.call(|mut c| async move { c.pset_ex(k, v, millis(ttl)).await })
-            .await
+        self.call(|mut c| async move { c.pset_ex(k, v, millis(ttl)).await }).await
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, BackendError> {

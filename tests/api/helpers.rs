@@ -1,0 +1,400 @@
+//! The test harness: a real `redis-server` per test, the service in-process
+//! (`TestApp`) or as a child process (`TestProcess`), and an HTTP client
+//! that speaks the service's API.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use reportd::{App, Cli};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+pub const REDIS_PASSWORD: &str = "s3cret:pass@word";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn find_binary(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")]) {
+        for name in names {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+/// A private `redis-server` on a free port, with a password and no
+/// persistence; killed when dropped.
+pub struct TestRedis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl TestRedis {
+    pub async fn start() -> Self {
+        let mut redis = Self { port: free_port(), child: None, dir: TempDir::new().unwrap() };
+        redis.spawn().await;
+        redis
+    }
+
+    async fn spawn(&mut self) {
+        let binary = find_binary(&["redis-server", "valkey-server"])
+            .expect("redis-server not found: run `bash scripts/test.sh`, which installs it");
+        let child = Command::new(binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--requirepass", REDIS_PASSWORD])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = self.try_connect().await
+                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer on port {}", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn try_connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?.get_multiplexed_async_connection().await
+    }
+
+    pub fn url(&self) -> String {
+        let pw: String = REDIS_PASSWORD
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        format!("redis://:{pw}@127.0.0.1:{}/0", self.port)
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.try_connect().await.expect("test redis reachable")
+    }
+
+    /// Kills the server (SIGKILL: as abrupt as a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: nothing was persisted).
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// Every key with its remaining TTL in milliseconds (-1: none).
+    pub async fn keys_with_ttl(&self) -> BTreeMap<String, i64> {
+        let mut conn = self.conn().await;
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+        let mut out = BTreeMap::new();
+        for k in keys {
+            let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(&mut conn).await.unwrap();
+            out.insert(k, ttl);
+        }
+        out
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Settings by their environment names (`REDIS_ENABLED` …), the same for
+/// in-process apps (as flags) and child processes (as environment).
+#[derive(Clone, Debug)]
+pub struct Settings(pub BTreeMap<String, String>);
+
+impl Settings {
+    /// A private SQLite file in `dir`, a fixed JWT secret, `APP_ENV=test`.
+    pub fn new(dir: &Path) -> Self {
+        let mut s = BTreeMap::new();
+        s.insert("DATABASE_URL".into(), format!("sqlite://{}/reportd.db", dir.display()));
+        s.insert("DATA_DIR".into(), dir.display().to_string());
+        s.insert("JWT_SECRET".into(), JWT_SECRET.into());
+        s.insert("APP_ENV".into(), "test".into());
+        s.insert("REDIS_HEALTH_INTERVAL_MS".into(), "100".into());
+        s.insert("FLAGS_REFRESH_MS".into(), "200".into());
+        Self(s)
+    }
+
+    /// Redis configured and every feature flag on.
+    pub fn with_redis(self, redis: &TestRedis) -> Self {
+        self.set("REDIS_URL", &redis.url())
+            .set("REDIS_ENABLED", "1")
+            .set("REDIS_TASK_STATUS_ENABLED", "1")
+            .set("REDIS_CHAT_SESSION_ENABLED", "1")
+            .set("REDIS_CACHE_ENABLED", "1")
+            .set("REDIS_RATE_LIMIT_ENABLED", "1")
+    }
+
+    pub fn set(mut self, name: &str, value: &str) -> Self {
+        self.0.insert(name.into(), value.into());
+        self
+    }
+
+    fn as_args(&self) -> Vec<String> {
+        let mut args = vec!["reportd".to_string()];
+        for (k, v) in &self.0 {
+            args.push(format!("--{}", k.to_ascii_lowercase().replace('_', "-")));
+            args.push(v.clone());
+        }
+        args
+    }
+}
+
+/// The service running inside the test process.
+pub struct TestApp {
+    pub app: Arc<App>,
+    pub client: Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: Option<TempDir>,
+}
+
+impl TestApp {
+    /// An app with its own temporary directory (database, secret).
+    pub async fn spawn(configure: impl FnOnce(Settings) -> Settings) -> Self {
+        let dir = TempDir::new().unwrap();
+        let settings = configure(Settings::new(dir.path()));
+        Self::start_inner(settings, Some(dir)).await
+    }
+
+    async fn start_inner(settings: Settings, dir: Option<TempDir>) -> Self {
+        let cli = Cli::try_parse_from(settings.as_args()).expect("test settings parse");
+        let app = App::build(cli.config).await.expect("app builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = app.clone();
+        tokio::spawn(async move {
+            reportd::serve(listener, served, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self { client: Client::new(&base), app, shutdown: Some(tx), _dir: dir }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.app.background.cancel();
+    }
+}
+
+/// The service as a child process of the test (for SIGKILL and two-process tests).
+pub struct TestProcess {
+    child: Child,
+    pub client: Client,
+    pub log: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_reportd")
+}
+
+impl TestProcess {
+    /// Starts `reportd serve` in `dir` with exactly `settings` as its environment.
+    pub async fn start(settings: &Settings, dir: &Path, name: &str) -> Self {
+        let port = free_port();
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(binary())
+            .env_clear()
+            .envs(&settings.0)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("RUST_LOG", "info")
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("cannot start reportd");
+        let client = Client::new(&format!("http://127.0.0.1:{port}"));
+        let mut process = Self { child, client, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = process.client.http.get(process.client.url("/healthz")).send().await
+                && r.status() == 200
+            {
+                return process;
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("reportd exited with {status}: {}", std::fs::read_to_string(&process.log).unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "reportd did not start: {}", process.read_log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn read_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status (waits at most `within`).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for TestProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP client for one instance.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        Self { base: base.to_owned(), http }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/auth/register"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let r = self
+            .http
+            .post(self.url("/auth/login"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "login of {username}");
+        r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers a fresh user and returns a token.
+    pub async fn user(&self, username: &str) -> String {
+        let r = self.register(username, "correct horse battery").await;
+        assert_eq!(r.status(), 201, "register {username}");
+        self.login(username, "correct horse battery").await
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn upload(&self, token: &str, path: &str, filename: &str, bytes: Vec<u8>) -> reqwest::Response {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(filename.to_owned());
+        let form = reqwest::multipart::Form::new().part("file", part);
+        self.http.post(self.url(path)).bearer_auth(token).multipart(form).send().await.unwrap()
+    }
+
+    /// Uploads through `POST /Import_Doc/`, expects 202 and returns the task id.
+    pub async fn import(&self, token: &str, filename: &str, bytes: Vec<u8>) -> String {
+        let r = self.upload(token, "/Import_Doc/", filename, bytes).await;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["status"], "pending");
+        body["task_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn status(&self, token: &str, task: &str) -> (u16, Value) {
+        let r = self.get(token, &format!("/check_import_status/{task}")).await;
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls until the task is terminal (at most 60 s) and returns it.
+    pub async fn wait_done(&self, token: &str, task: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, body) = self.status(token, task).await;
+            assert_eq!(code, 200, "{body}");
+            if body["status"] == "completed" || body["status"] == "failed" {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "task {task} did not finish: {body}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn json(&self, token: &str, path: &str) -> Value {
+        let r = self.get(token, path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        r.json().await.unwrap()
+    }
+
+    pub async fn readyz(&self) -> (u16, Value) {
+        let r = self.http.get(self.url("/readyz")).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+}
+
+/// A small text document that imports quickly.
+pub fn sample_text() -> Vec<u8> {
+    "第一章 背景\n\n火星是太阳系的第四颗行星。Mars is the fourth planet from the Sun.\n".repeat(20).into_bytes()
+}
+
+/// Waits (at most `within`) until `check` holds.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

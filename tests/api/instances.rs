@@ -1,0 +1,153 @@
+//! The service as real processes: two instances on one Redis and one
+//! database, SIGKILL mid-import, SIGTERM, the command line.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::helpers::{Settings, TestProcess, TestRedis, binary, eventually, sample_text};
+
+/// Stage 1: an import started on one instance is polled on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_redis_and_one_database() {
+    let redis = TestRedis::start().await;
+    let dir = TempDir::new().unwrap();
+    let settings = Settings::new(dir.path()).with_redis(&redis).set("IMPORT_STAGE_DELAY_MS", "100");
+    let a = TestProcess::start(&settings, dir.path(), "a").await;
+    let b = TestProcess::start(&settings, dir.path(), "b").await;
+
+    let token = a.client.user("shared").await;
+    // A token from one instance is good on the other (same secret).
+    assert_eq!(b.client.json(&token, "/auth/me").await["username"], "shared");
+    let task = a.client.import(&token, "a.txt", sample_text()).await;
+    // B sees the task while it runs on A, and to its end.
+    let (code, body) = b.client.status(&token, &task).await;
+    assert_eq!(code, 200, "{body}");
+    let done = b.client.wait_done(&token, &task).await;
+    assert_eq!(done["status"], "completed");
+    let doc = done["document_id"].as_str().unwrap();
+    assert_eq!(b.client.json(&token, "/documents").await["items"][0]["id"], doc);
+
+    // And the other way round.
+    let task = b.client.import(&token, "b.md", b"# Title\n\nbody\n".to_vec()).await;
+    assert_eq!(a.client.wait_done(&token, &task).await["status"], "completed");
+}
+
+/// Stage 1: the instance running an import is killed with SIGKILL; a
+/// restarted instance still answers the poll, and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_import_then_restart_polling_still_answers() {
+    let redis = TestRedis::start().await;
+    let dir = TempDir::new().unwrap();
+    let settings = Settings::new(dir.path()).with_redis(&redis).set("IMPORT_STAGE_DELAY_MS", "1500");
+    let mut first = TestProcess::start(&settings, dir.path(), "first").await;
+    let token = first.client.user("crash").await;
+    let task = first.client.import(&token, "a.txt", sample_text()).await;
+    let c = first.client.clone();
+    eventually(Duration::from_secs(20), "the import is processing", || async {
+        c.status(&token, &task).await.1["status"] == "processing"
+    })
+    .await;
+    let seen = first.client.status(&token, &task).await.1;
+    first.kill();
+
+    let second = TestProcess::start(&settings, dir.path(), "second").await;
+    let (code, body) = second.client.status(&token, &task).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["task_id"], task.as_str());
+    assert_eq!(body["status"], "processing");
+    assert!(body["progress"].as_u64() >= seen["progress"].as_u64());
+    // The restarted instance serves new work.
+    let fast = Settings::new(dir.path()).with_redis(&redis);
+    drop(second);
+    let third = TestProcess::start(&fast, dir.path(), "third").await;
+    let again = third.client.import(&token, "b.txt", sample_text()).await;
+    assert_eq!(third.client.wait_done(&token, &again).await["status"], "completed");
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully() {
+    let dir = TempDir::new().unwrap();
+    let mut p = TestProcess::start(&Settings::new(dir.path()), dir.path(), "term").await;
+    let status = p.terminate(Duration::from_secs(10)).expect("exits within 10 s of SIGTERM");
+    assert!(status.success(), "{status}: {}", p.read_log());
+    assert!(p.read_log().contains("shutdown signal received"));
+}
+
+#[tokio::test]
+async fn user_add_makes_an_admin_from_the_command_line() {
+    let dir = TempDir::new().unwrap();
+    let settings = Settings::new(dir.path());
+    let out = Command::new(binary())
+        .args(["user", "add", "--admin", "boss"])
+        .env_clear()
+        .envs(&settings.0)
+        .env("REPORTD_PASSWORD", "boss password 1")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Password from standard input, and a taken name is an error.
+    let mut child = Command::new(binary())
+        .args(["user", "add", "boss"])
+        .env_clear()
+        .envs(&settings.0)
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"another password\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("taken"));
+
+    let p = TestProcess::start(&settings, dir.path(), "admin").await;
+    let token = p.client.login("boss", "boss password 1").await;
+    let me: Value = p.client.json(&token, "/auth/me").await;
+    assert_eq!(me["is_admin"], true);
+    assert_eq!(p.client.get(&token, "/admin/flags").await.status(), 200);
+}
+
+#[test]
+fn bad_configuration_is_a_clear_start_up_error() {
+    let dir = TempDir::new().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        Command::new(binary())
+            .env_clear()
+            .envs(env.iter().copied())
+            .env("DATA_DIR", dir.path())
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[("APP_ENV", "prod")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[("REDIS_FALLBACK", "sometimes")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("REDIS_FALLBACK")
+            || String::from_utf8_lossy(&out.stderr).contains("redis-fallback")
+    );
+    let out = run(&[("PORT", "http")]);
+    assert!(!out.status.success());
+
+    let help = Command::new(binary()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for name in [
+        "REDIS_ENABLED",
+        "REDIS_FALLBACK",
+        "REDIS_DUAL_WRITE",
+        "DATABASE_URL",
+        "JWT_SECRET",
+        "MAX_UPLOAD_MB",
+        "REDIS_PREFIX",
+    ] {
+        assert!(help.contains(name), "--help lists {name}");
+    }
+}

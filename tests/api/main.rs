@@ -1,0 +1,10 @@
+//! End-to-end tests: the service over HTTP, against a real `redis-server`
+//! started by the harness (see `helpers.rs`). One binary, one module per
+//! area, as in zero-to-production.
+
+mod auth;
+mod corpus;
+mod helpers;
+mod imports;
+mod instances;
+mod state;
