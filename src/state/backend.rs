@@ -44,8 +44,12 @@ pub struct UpdateOutcome {
 pub struct AtomicUpdate {
     pub name: &'static str,
     pub script: LazyLock<redis::Script>,
-    pub apply: fn(current: Option<&str>, args: &[String]) -> (UpdateOutcome, Option<String>),
+    pub apply: ApplyFn,
 }
+
+/// The memory side of an [`AtomicUpdate`]: (current value, args) → (outcome,
+/// value to store if any).
+pub type ApplyFn = fn(current: Option<&str>, args: &[String]) -> (UpdateOutcome, Option<String>);
 
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
