@@ -223,7 +223,13 @@ TS_BACKEND_ON=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["feat
 REDIS_TASK_KEYS=$(rcli --scan --pattern '*:task:import:*' 2>/dev/null | wc -l)
 log "redis-on: /readyz task_status backend=$TS_BACKEND_ON, task keys in Redis: $REDIS_TASK_KEYS"
 [[ $TS_BACKEND_ON == redis ]] || log "WARNING: task_status is not served by Redis ($READY_ON)"
+redis_cmds() { rcli info stats 2>/dev/null | tr -d '\r' | awk -F: '$1 == "total_commands_processed" {print $2}'; }
+CMDS0=$(redis_cmds)
 run_wrk redis-on "$PORT_ON" "$DURATION"
+CMDS1=$(redis_cmds)
+# Requests wrk completed (its Requests/sec counts only completed ones).
+ON_REQS=$(awk '/requests in/ {print $1}' "$TMP/wrk-redis-on.txt")
+REDIS_CMDS_ON=$(( ${CMDS1:-0} - ${CMDS0:-0} ))
 ON_RPS=$W_RPS ON_P50=$W_P50 ON_P99=$W_P99 ON_NON2XX=$W_NON2XX ON_ERR=$W_ERRORS
 
 # ---------------------------------------------------------------- 2. reportd, Redis off
@@ -251,8 +257,8 @@ TOKEN=$TOKEN_ON TASK=$TASK_ON
 POLL_URL="http://127.0.0.1:$PORT_ON/check_import_status/$TASK"
 READY_BEFORE=$(curl -sS --max-time 5 "http://127.0.0.1:$PORT_ON/readyz" | json_field status || echo "?")
 log "failover: /readyz before = $READY_BEFORE; kill -9 redis-server (pid $REDIS_PID)"
-kill -9 "$REDIS_PID"
-wait "$REDIS_PID" 2>/dev/null || true
+# (stderr of the group hides bash's "Killed" job notice)
+{ kill -9 "$REDIS_PID"; wait "$REDIS_PID" || true; } 2>/dev/null
 FIRST=$(curl -sS -o "$TMP/first-poll.json" -w '%{http_code} %{time_total}' --max-time 10 \
     -H "Authorization: Bearer $TOKEN" "$POLL_URL" || echo "000 10")
 FIRST_CODE=${FIRST%% *}
@@ -292,8 +298,9 @@ else
 fi
 AFTER=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $TOKEN" "$POLL_URL" || echo 000)
 
-WARNS_ON=$(grep -ciE 'warn|error' "$TMP/redis-on.log" || true)
-WARNS_OFF=$(grep -ciE 'warn|error' "$TMP/redis-off.log" || true)
+strip_ansi() { sed -E 's/\x1b\[[0-9;]*m//g' "$1"; }
+WARNS_ON=$(strip_ansi "$TMP/redis-on.log" | grep -ciE 'warn|error' || true)
+WARNS_OFF=$(strip_ansi "$TMP/redis-off.log" | grep -ciE 'warn|error' || true)
 
 # ---------------------------------------------------------------- summary
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
@@ -305,7 +312,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
     printf 'redis GET (redis-benchmark -c 64 -n %s): %.1f req/s  p50 %s ms\n' "$BENCH_N" "$REDIS_RPS" "${REDIS_P50:-?}"
     echo "ratio reportd(redis on) / redis GET:        $(ratio "$ON_RPS" "$REDIS_RPS")"
     echo "ratio reportd(redis on) / reportd(redis off): $(ratio "$ON_RPS" "$OFF_RPS")"
-    echo "task_status backend (redis-on run): $TS_BACKEND_ON; task keys in Redis: $REDIS_TASK_KEYS"
+    echo "task_status backend (redis-on run): $TS_BACKEND_ON; task keys in Redis: $REDIS_TASK_KEYS;" \
+        "Redis commands during the redis-on wrk: $REDIS_CMDS_ON for $ON_REQS polls ($(ratio "$REDIS_CMDS_ON" "$ON_REQS") per poll)"
     echo "failover: first poll after kill -9: HTTP $FIRST_CODE in $FIRST_MS ms (status '$FIRST_STATUS'); next 9 polls max $NEXT_MAX ms, non-200 $NEXT_BAD"
     echo "failover: /readyz before kill '$READY_BEFORE', while down '$READY_DOWN'"
     printf 'poll redis-down (%ss): %10.1f req/s  p50 %8.3f ms  p99 %8.3f ms  non-2xx %s\n' "$FAILOVER_DURATION" "$DOWN_RPS" "$DOWN_P50" "$DOWN_P99" "$DOWN_NON2XX"
@@ -318,4 +326,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
         [[ -n ${l#*:} ]] && echo "wrk ${l%%:*}: ${l#*:}"
     done
     echo "reportd log lines with warn/error: redis-on $WARNS_ON, redis-off $WARNS_OFF"
+    for f in redis-on redis-off; do
+        strip_ansi "$TMP/$f.log" | grep -iE 'warn|error' | head -n 5 | sed "s/^/  $f: /" || true
+    done
 } | tee "$TMP/summary.txt"

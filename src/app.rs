@@ -94,6 +94,10 @@ pub async fn serve(
         .await
         .context("server error");
     app.background.cancel();
+    let grace = Duration::from_secs(app.config.shutdown_grace_seconds);
+    if !app.imports.drain(grace).await {
+        tracing::warn!("imports still running after the shutdown grace period were abandoned");
+    }
     app.db.close().await;
     result
 }

@@ -147,6 +147,10 @@ pub struct Config {
     #[arg(long, env = "IMPORT_STAGE_DELAY_MS", default_value_t = 0)]
     pub import_stage_delay_ms: u64,
 
+    /// On shutdown, how long imports in progress may take to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -167,6 +171,10 @@ impl Config {
         {
             anyhow::bail!("JWT_SECRET must be at least 32 bytes");
         }
+        anyhow::ensure!(
+            !self.redis_enabled || self.redis_settings().is_some(),
+            "REDIS_ENABLED=1 needs REDIS_URL or REDIS_HOST"
+        );
         anyhow::ensure!(self.max_upload_mb >= 1, "MAX_UPLOAD_MB must be at least 1");
         anyhow::ensure!(self.import_workers >= 1, "IMPORT_WORKERS must be at least 1");
         anyhow::ensure!(self.import_queue_capacity >= 1, "IMPORT_QUEUE_CAPACITY must be at least 1");
@@ -279,5 +287,6 @@ mod tests {
         assert!(parse(&["--app-env", "prod", "--jwt-secret", "short"]).validate().is_err());
         assert!(parse(&["--app-env", "prod", "--jwt-secret", &"s".repeat(32)]).validate().is_ok());
         assert!(parse(&["--app-env", "bad:env"]).validate().is_err());
+        assert!(parse(&["--redis-enabled", "1"]).validate().is_err(), "the master switch needs Redis settings");
     }
 }

@@ -23,6 +23,7 @@ pub fn router(max_upload_bytes: usize) -> Router<Arc<App>> {
     let upload = post(upload).layer(DefaultBodyLimit::max(body_limit));
     Router::new()
         .route("/Import_Doc/", upload.clone())
+        .route("/Import_Doc", upload.clone())
         .route("/imports", upload)
         .route("/check_import_status/{task_id}", get(status))
         .route("/imports/{task_id}", get(status))

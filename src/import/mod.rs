@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::db::{Database, Document, NewChunk, StagedUpload};
 use crate::ids::{TaskId, UserId};
@@ -54,6 +55,7 @@ pub struct ImportService {
     tasks: TaskStatusStore,
     queue: mpsc::Sender<ImportJob>,
     settings: ImportSettings,
+    workers: TaskTracker,
 }
 
 /// The outcome of the CPU-bound part of an import.
@@ -72,22 +74,29 @@ impl ImportService {
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
-        let this = Arc::new(Self { db, tasks, queue: tx, settings });
+        let this = Arc::new(Self { db, tasks, queue: tx, settings, workers: TaskTracker::new() });
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..this.settings.workers {
-            let (this, rx, cancel) = (this.clone(), rx.clone(), cancel.clone());
-            tokio::spawn(async move {
+            let (worker, rx, cancel) = (this.clone(), rx.clone(), cancel.clone());
+            this.workers.spawn(async move {
                 loop {
                     let job = tokio::select! {
                         _ = cancel.cancelled() => break,
                         job = async { rx.lock().await.recv().await } => job,
                     };
                     let Some(job) = job else { break };
-                    this.run(job).await;
+                    worker.run(job).await;
                 }
             });
         }
         this
+    }
+
+    /// Waits (at most `grace`) for the imports in progress to finish once
+    /// the workers have been told to stop; returns false if some did not.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.workers.close();
+        tokio::time::timeout(grace, self.workers.wait()).await.is_ok()
     }
 
     /// Accepts an upload: checks its type, stages it, records the task as

@@ -124,7 +124,8 @@ pub fn parse_plain(text: &str) -> ParsedDocument {
 }
 
 /// Markdown: the source is kept as written (links, code and all) and cut at
-/// its headings, each section knowing the path of headings above it.
+/// its headings, each section knowing the path of headings above it. The
+/// first level-1 heading is the title.
 pub fn parse_markdown(source: &str) -> ParsedDocument {
     let source = normalise(source);
     let mut stack: Vec<(HeadingLevel, String)> = Vec::new();
@@ -150,7 +151,7 @@ pub fn parse_markdown(source: &str) -> ParsedDocument {
                 while stack.last().is_some_and(|(l, _)| *l >= level) {
                     stack.pop();
                 }
-                if title.is_none() && !text.is_empty() {
+                if title.is_none() && level == HeadingLevel::H1 && !text.is_empty() {
                     title = Some(text.clone());
                 }
                 stack.push((level, text));

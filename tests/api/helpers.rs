@@ -107,7 +107,17 @@ impl TestRedis {
     /// Every key with its remaining TTL in milliseconds (-1: none).
     pub async fn keys_with_ttl(&self) -> BTreeMap<String, i64> {
         let mut conn = self.conn().await;
-        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) =
+                redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query_async(&mut conn).await.unwrap();
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
         let mut out = BTreeMap::new();
         for k in keys {
             let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(&mut conn).await.unwrap();
