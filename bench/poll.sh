@@ -298,6 +298,19 @@ else
 fi
 AFTER=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $TOKEN" "$POLL_URL" || echo 000)
 
+# A Redis that hangs (SIGSTOP: the port accepts, nothing answers) is the
+# worst case for a client: it costs one REDIS_COMMAND_TIMEOUT_MS, once.
+log "hang: SIGSTOP redis-server (pid $REDIS_PID)"
+kill -STOP "$REDIS_PID"
+HANG_TIMES=()
+for _ in $(seq 1 10); do
+    r=$(curl -sS -o /dev/null -w '%{http_code} %{time_total}' --max-time 10 \
+        -H "Authorization: Bearer $TOKEN" "$POLL_URL" || echo "000 10")
+    HANG_TIMES+=("$(awk -v t="${r##* }" 'BEGIN {printf "%.1f", t * 1000}')/${r%% *}")
+done
+kill -CONT "$REDIS_PID"
+log "hang: polls (ms/HTTP code): ${HANG_TIMES[*]}"
+
 strip_ansi() { sed -E 's/\x1b\[[0-9;]*m//g' "$1"; }
 WARNS_ON=$(strip_ansi "$TMP/redis-on.log" | grep -ciE 'warn|error' || true)
 WARNS_OFF=$(strip_ansi "$TMP/redis-off.log" | grep -ciE 'warn|error' || true)
@@ -322,6 +335,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
     else
         echo "recovery: /readyz NOT ready within 10 s (${REDIS_UP_MS} ms waited, last '${READY_STATUS:-none}'); poll after: HTTP $AFTER"
     fi
+    echo "hang (SIGSTOP): first poll ${HANG_TIMES[0]%/*} ms (HTTP ${HANG_TIMES[0]#*/}); all 10 (ms/code): ${HANG_TIMES[*]}"
     for l in "redis-on:$ON_ERR" "redis-off:$OFF_ERR" "redis-down:$DOWN_ERR"; do
         [[ -n ${l#*:} ]] && echo "wrk ${l%%:*}: ${l#*:}"
     done

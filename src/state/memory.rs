@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::backend::{AtomicUpdate, Backend, BackendError, UpdateOutcome};
 use crate::keys::Key;
@@ -105,20 +104,6 @@ impl MemoryBackend {
     /// Removes every expired entry now; returns how many.
     pub fn sweep(&self) -> usize {
         self.lock().sweep(Instant::now())
-    }
-
-    /// Sweeps every `every` until `cancel` fires.
-    pub fn spawn_sweeper(self: &std::sync::Arc<Self>, every: Duration, cancel: CancellationToken) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => { this.sweep(); }
-                }
-            }
-        });
     }
 }
 

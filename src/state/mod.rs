@@ -270,21 +270,22 @@ impl StateLayer {
         flags_every: Duration,
         cancel: CancellationToken,
     ) {
-        self.memory.spawn_sweeper(Duration::from_secs(5), cancel.clone());
-        let Some(redis) = self.redis.clone() else {
-            return;
-        };
-        redis.spawn_monitor(health_every, cancel.clone());
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(flags_every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => { this.refresh_flags().await; }
-                }
+        let memory = self.memory.clone();
+        spawn_periodic(Duration::from_secs(5), cancel.clone(), move || {
+            memory.sweep();
+            async {}
+        });
+        let Some(redis) = self.redis.clone() else { return };
+        spawn_periodic(health_every, cancel.clone(), move || {
+            let redis = redis.clone();
+            async move {
+                redis.probe().await;
             }
+        });
+        let this = self.clone();
+        spawn_periodic(flags_every, cancel, move || {
+            let this = this.clone();
+            async move { this.refresh_flags().await }
         });
     }
 
@@ -297,4 +298,23 @@ impl StateLayer {
             Err(e) => tracing::debug!(error = %e, "flag overrides not refreshed"),
         }
     }
+}
+
+/// Runs `tick` every `every` (never two at once: a slow tick delays the
+/// next) until `cancel` fires.
+pub fn spawn_periodic<F, Fut>(every: Duration, cancel: CancellationToken, mut tick: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = interval.tick() => tick().await,
+            }
+        }
+    });
 }

@@ -11,14 +11,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio_util::sync::CancellationToken;
 
 use super::backend::{AtomicUpdate, Backend, BackendError, UpdateOutcome};
 use crate::keys::Key;
@@ -154,21 +152,6 @@ impl RedisBackend {
                 false
             }
         }
-    }
-
-    /// Probes Redis every `every` until `cancel` fires.
-    pub fn spawn_monitor(self: &Arc<Self>, every: Duration, cancel: CancellationToken) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => { this.probe().await; }
-                }
-            }
-        });
     }
 
     // Hash commands, used only for the flags hash (configuration, no TTL).

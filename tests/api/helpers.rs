@@ -98,6 +98,22 @@ impl TestRedis {
         }
     }
 
+    /// Freezes the server (SIGSTOP): the port stays open but nothing answers,
+    /// the worst case for a client.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis running").id();
+        assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    }
+
     /// Starts it again on the same port (empty: nothing was persisted).
     pub async fn restart(&mut self) {
         self.stop();
@@ -185,6 +201,11 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// An app on the given settings (its directory is the caller's).
+    pub async fn start(settings: Settings) -> Self {
+        Self::start_inner(settings, None).await
+    }
+
     /// An app with its own temporary directory (database, secret).
     pub async fn spawn(configure: impl FnOnce(Settings) -> Settings) -> Self {
         let dir = TempDir::new().unwrap();

@@ -67,13 +67,28 @@ async fn sigkill_mid_import_then_restart_polling_still_answers() {
     assert_eq!(third.client.wait_done(&token, &again).await["status"], "completed");
 }
 
-#[tokio::test]
-async fn sigterm_shuts_down_gracefully() {
+/// SIGTERM: the import in progress is finished before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_running_import_then_exits() {
+    let redis = TestRedis::start().await;
     let dir = TempDir::new().unwrap();
-    let mut p = TestProcess::start(&Settings::new(dir.path()), dir.path(), "term").await;
-    let status = p.terminate(Duration::from_secs(10)).expect("exits within 10 s of SIGTERM");
+    let settings = Settings::new(dir.path()).with_redis(&redis).set("IMPORT_STAGE_DELAY_MS", "300");
+    let mut p = TestProcess::start(&settings, dir.path(), "term").await;
+    let token = p.client.user("term").await;
+    let task = p.client.import(&token, "a.txt", sample_text()).await;
+    let c = p.client.clone();
+    eventually(Duration::from_secs(20), "the import is processing", || async {
+        c.status(&token, &task).await.1["status"] == "processing"
+    })
+    .await;
+    let status = p.terminate(Duration::from_secs(20)).expect("exits within 20 s of SIGTERM");
     assert!(status.success(), "{status}: {}", p.read_log());
     assert!(p.read_log().contains("shutdown signal received"));
+
+    let q = TestProcess::start(&settings, dir.path(), "after").await;
+    let (code, body) = q.client.status(&token, &task).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["status"], "completed", "the running import was finished before exit: {body}");
 }
 
 #[tokio::test]

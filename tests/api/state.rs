@@ -132,6 +132,66 @@ async fn redis_outage_falls_back_to_memory_and_recovers() {
     }
 }
 
+/// A Redis that accepts connections but never answers (frozen with
+/// SIGSTOP) costs one command timeout, once; then the service answers from
+/// memory at once until Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_hangs_is_detected_once() {
+    let redis = TestRedis::start().await;
+    let t = TestApp::spawn(|s| s.with_redis(&redis).set("REDIS_COMMAND_TIMEOUT_MS", "300")).await;
+    let c = &t.client;
+    let token = c.user("hang").await;
+    let task = c.import(&token, "a.txt", sample_text()).await;
+    c.wait_done(&token, &task).await;
+
+    redis.freeze();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (code, body) = c.status(&token, &task).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["status"], "completed");
+    }
+    assert!(slowest < Duration::from_secs(1), "slowest poll took {slowest:?}");
+    let again = c.import(&token, "b.txt", sample_text()).await;
+    assert_eq!(c.wait_done(&token, &again).await["status"], "completed");
+    assert_eq!(c.readyz().await.1["status"], "degraded");
+
+    redis.thaw();
+    eventually(Duration::from_secs(10), "redis used again", || async { c.readyz().await.1["status"] == "ready" }).await;
+    assert_eq!(c.status(&token, &again).await.1["status"], "completed");
+}
+
+/// Rollback by environment: restarted with `REDIS_ENABLED=0`, the service
+/// works on memory as the original did (and has forgotten in-memory state);
+/// restarted with it on again, the tasks kept in Redis are found again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_by_environment_and_back() {
+    let redis = TestRedis::start().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let on = crate::helpers::Settings::new(dir.path()).with_redis(&redis);
+    let (token, task) = {
+        let t = TestApp::start(on.clone()).await;
+        let token = t.client.user("rollback").await;
+        let task = t.client.import(&token, "a.txt", sample_text()).await;
+        t.client.wait_done(&token, &task).await;
+        (token, task)
+    };
+    {
+        let t = TestApp::start(on.clone().set("REDIS_ENABLED", "0")).await;
+        let (code, _) = t.client.status(&token, &task).await;
+        assert_eq!(code, 404, "process memory starts empty, as before Redis existed");
+        let fresh = t.client.import(&token, "b.txt", sample_text()).await;
+        assert_eq!(t.client.wait_done(&token, &fresh).await["status"], "completed");
+        assert_eq!(t.client.json(&token, "/documents").await["total"], 2);
+    }
+    let t = TestApp::start(on).await;
+    let (code, body) = t.client.status(&token, &task).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["status"], "completed", "found again in Redis");
+}
+
 /// `REDIS_FALLBACK=error`: with Redis down, task status answers 503 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_under_error_mode_answers_503_quickly() {
