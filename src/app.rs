@@ -38,6 +38,9 @@ impl App {
         let db = Database::connect(&config.database_url()).await?;
         let secret = load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
         let tokens = TokenKeys::new(&secret, config.jwt_ttl_seconds);
+        // Computed now so that the first login of an unknown name costs what
+        // every other login costs.
+        tokio::task::spawn_blocking(crate::auth::dummy_hash).await?;
 
         let keys = KeySpace::new(&config.redis_prefix, &config.app_env)?;
         let memory = Arc::new(MemoryBackend::new(config.memory_max_keys));

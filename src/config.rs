@@ -79,12 +79,16 @@ pub struct Config {
     /// Full Redis URL (redis://[:password@]host:port/db); overrides REDIS_HOST and friends.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Redis host (used when REDIS_URL is not set).
     #[arg(long, env = "REDIS_HOST")]
     pub redis_host: Option<String>,
+    /// Redis port.
     #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
     pub redis_port: u16,
+    /// Redis password (`requirepass`).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
+    /// Redis database number.
     #[arg(long, env = "REDIS_DB", default_value_t = 0)]
     pub redis_db: u32,
     /// First part of every Redis key.

@@ -69,17 +69,38 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    // Gauges that describe the present are set at scrape time.
-    for feature in Feature::ALL {
-        let s = app.state.feature_status(feature);
-        for backend in ["redis", "memory"] {
-            metrics::gauge!("reportd_feature_backend", "feature" => feature.as_str(), "backend" => backend)
-                .set(if s.backend == backend { 1.0 } else { 0.0 });
+    let mut text = crate::telemetry::metrics_handle().render();
+    text.push_str(&app.state_gauges());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+impl App {
+    /// Gauges that describe this app's present state, rendered at scrape
+    /// time from the app itself (not the process-wide recorder, which
+    /// several apps share in tests).
+    fn state_gauges(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "# TYPE reportd_feature_backend gauge");
+        let statuses: Vec<_> = Feature::ALL.into_iter().map(|f| (f, self.state.feature_status(f))).collect();
+        for (feature, s) in &statuses {
+            for backend in ["redis", "memory"] {
+                let v = u8::from(s.backend == backend);
+                let _ = writeln!(
+                    out,
+                    "reportd_feature_backend{{feature=\"{}\",backend=\"{backend}\"}} {v}",
+                    feature.as_str()
+                );
+            }
         }
-        metrics::gauge!("reportd_feature_degraded", "feature" => feature.as_str()).set(f64::from(u8::from(s.degraded)));
+        let _ = writeln!(out, "# TYPE reportd_feature_degraded gauge");
+        for (feature, s) in &statuses {
+            let _ =
+                writeln!(out, "reportd_feature_degraded{{feature=\"{}\"}} {}", feature.as_str(), u8::from(s.degraded));
+        }
+        let redis_up = self.state.redis().is_some_and(|r| r.is_available());
+        let _ = writeln!(out, "# TYPE reportd_redis_up gauge\nreportd_redis_up {}", u8::from(redis_up));
+        let _ = writeln!(out, "# TYPE reportd_memory_keys gauge\nreportd_memory_keys {}", self.state.memory().len());
+        out
     }
-    let redis_up = app.state.redis().is_some_and(|r| r.is_available());
-    metrics::gauge!("reportd_redis_up").set(f64::from(u8::from(redis_up)));
-    metrics::gauge!("reportd_memory_keys").set(app.state.memory().len() as f64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::metrics_handle().render())
 }

@@ -504,3 +504,26 @@ async fn concurrent_reordered_writes_never_regress() {
         assert_eq!(end.progress, 100);
     }
 }
+
+/// `/metrics` says which backend each feature uses and counts requests.
+#[tokio::test]
+async fn metrics_report_backends_and_requests() {
+    let redis = TestRedis::start().await;
+    let t = TestApp::spawn(|s| s.with_redis(&redis).set("REDIS_CACHE_ENABLED", "0")).await;
+    let c = &t.client;
+    let token = c.user("metrics").await;
+    c.json(&token, "/documents").await;
+    let r = c.http.get(c.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    for line in [
+        r#"reportd_feature_backend{feature="task_status",backend="redis"} 1"#,
+        r#"reportd_feature_backend{feature="cache",backend="memory"} 1"#,
+        r#"reportd_feature_degraded{feature="task_status"} 0"#,
+        "reportd_redis_up 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+    assert!(text.contains(r#"reportd_http_requests_total{method="GET",route="/documents",status="200"}"#), "{text}");
+}
