@@ -400,6 +400,14 @@ impl Client {
         }
     }
 
+    /// Imports [`sample_text`], waits for it to complete and returns the task id.
+    pub async fn imported(&self, token: &str) -> String {
+        let task = self.import(token, "a.txt", sample_text()).await;
+        let done = self.wait_done(token, &task).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        task
+    }
+
     pub async fn json(&self, token: &str, path: &str) -> Value {
         let r = self.get(token, path).await;
         assert_eq!(r.status(), 200, "{path}");

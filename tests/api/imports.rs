@@ -186,8 +186,7 @@ async fn another_users_task_is_indistinguishable_from_an_unknown_one() {
         let c = &t.client;
         let alice = c.user("alice").await;
         let bob = c.user("bob").await;
-        let task = c.import(&alice, "a.txt", sample_text()).await;
-        assert_eq!(c.wait_done(&alice, &task).await["status"], "completed");
+        let task = c.imported(&alice).await;
         for path in [format!("/check_import_status/{task}"), format!("/imports/{task}")] {
             let theirs = c.get(&bob, &path).await;
             let unknown = c.get(&bob, &path.replace(&task, "no-such-task")).await;

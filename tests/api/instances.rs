@@ -166,3 +166,20 @@ fn bad_configuration_is_a_clear_start_up_error() {
         assert!(help.contains(name), "--help lists {name}");
     }
 }
+
+/// Settings may come from a `.env` file in the working directory; the
+/// environment wins over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dotenv_file_is_read() {
+    let redis = TestRedis::start().await;
+    let dir = TempDir::new().unwrap();
+    std::fs::write(dir.path().join(".env"), "REDIS_PREFIX=fromdotenv\nAPP_ENV=overridden\n").unwrap();
+    let settings = Settings::new(dir.path()).with_redis(&redis);
+    let p = TestProcess::start(&settings, dir.path(), "dotenv").await;
+    let token = p.client.user("dotenv").await;
+    let task = p.client.imported(&token).await;
+    let keys = redis.keys_with_ttl().await;
+    let key = keys.keys().next().expect("one key");
+    assert!(key.starts_with("fromdotenv:test:task:import:"), "{key}");
+    assert!(key.ends_with(&task));
+}

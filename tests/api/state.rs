@@ -23,8 +23,8 @@ async fn stage0_redis_deployed_but_disabled_writes_nothing() {
     let t = TestApp::spawn(|s| s.with_redis(&redis).set("REDIS_ENABLED", "0")).await;
     let c = &t.client;
     let token = c.user("stage0").await;
-    let task = c.import(&token, "a.txt", sample_text()).await;
-    assert_eq!(c.wait_done(&token, &task).await["status"], "completed");
+    let task = c.imported(&token).await;
+    assert_eq!(c.status(&token, &task).await.0, 200);
     assert_eq!(c.json(&token, "/documents").await["total"], 1);
     let (code, ready) = c.readyz().await;
     assert_eq!(code, 200);
@@ -52,8 +52,7 @@ async fn keys_match_the_templates_and_carry_a_ttl() {
         let token = c.user(name).await;
         let user = c.json(&token, "/auth/me").await["id"].as_str().unwrap().to_owned();
         for _ in 0..2 {
-            let task = c.import(&token, "a.txt", sample_text()).await;
-            c.wait_done(&token, &task).await;
+            let task = c.imported(&token).await;
             expected.push(format!("langextract:test:task:import:{user}:{task}"));
         }
     }
@@ -81,8 +80,7 @@ async fn redis_outage_falls_back_to_memory_and_recovers() {
     let c = &t.client;
     let token = c.user("outage").await;
     let user = c.json(&token, "/auth/me").await["id"].as_str().unwrap().to_owned();
-    let before = c.import(&token, "a.txt", sample_text()).await;
-    assert_eq!(c.wait_done(&token, &before).await["status"], "completed");
+    let before = c.imported(&token).await;
     assert_eq!(c.readyz().await.1["features"]["task_status"]["backend"], "redis");
 
     redis.stop();
@@ -141,8 +139,7 @@ async fn a_redis_that_hangs_is_detected_once() {
     let t = TestApp::spawn(|s| s.with_redis(&redis).set("REDIS_COMMAND_TIMEOUT_MS", "300")).await;
     let c = &t.client;
     let token = c.user("hang").await;
-    let task = c.import(&token, "a.txt", sample_text()).await;
-    c.wait_done(&token, &task).await;
+    let task = c.imported(&token).await;
 
     redis.freeze();
     let mut slowest = Duration::ZERO;
@@ -174,8 +171,7 @@ async fn rollback_by_environment_and_back() {
     let (token, task) = {
         let t = TestApp::start(on.clone()).await;
         let token = t.client.user("rollback").await;
-        let task = t.client.import(&token, "a.txt", sample_text()).await;
-        t.client.wait_done(&token, &task).await;
+        let task = t.client.imported(&token).await;
         (token, task)
     };
     {
@@ -199,8 +195,7 @@ async fn redis_outage_under_error_mode_answers_503_quickly() {
     let t = TestApp::spawn(|s| s.with_redis(&redis).set("REDIS_FALLBACK", "error")).await;
     let c = &t.client;
     let token = c.user("strict").await;
-    let task = c.import(&token, "a.txt", sample_text()).await;
-    c.wait_done(&token, &task).await;
+    let task = c.imported(&token).await;
 
     redis.stop();
     for _ in 0..5 {
@@ -235,8 +230,7 @@ async fn redis_outage_under_readonly_mode_serves_reads_only() {
     let t = TestApp::spawn(|s| s.with_redis(&redis).set("REDIS_FALLBACK", "readonly")).await;
     let c = &t.client;
     let token = c.user("reader").await;
-    let task = c.import(&token, "a.txt", sample_text()).await;
-    c.wait_done(&token, &task).await;
+    let task = c.imported(&token).await;
     redis.stop();
     let (code, body) = c.status(&token, &task).await;
     assert_eq!(code, 200);
@@ -261,10 +255,12 @@ async fn starting_with_redis_down_is_a_degraded_start() {
     assert_eq!(code, 200);
     assert_eq!(ready["status"], "degraded");
     let token = c.user("early").await;
-    let task = c.import(&token, "a.txt", sample_text()).await;
-    assert_eq!(c.wait_done(&token, &task).await["status"], "completed");
+    let task = c.imported(&token).await;
     redis.restart().await;
     eventually(Duration::from_secs(10), "redis picked up", || async { c.readyz().await.1["status"] == "ready" }).await;
+    // The task done before Redis came is still found, and carried over to it.
+    assert_eq!(c.status(&token, &task).await.1["status"], "completed");
+    assert_eq!(redis.keys_with_ttl().await.len(), 1);
 }
 
 /// Rollback at run time: an admin turns the task-status flag off; the task
@@ -279,8 +275,7 @@ async fn turning_the_flag_off_at_run_time_loses_nothing() {
     a.app.create_user("root", "root password 1".into(), true).await.unwrap();
     let admin = c.login("root", "root password 1").await;
     let token = c.user("writer").await;
-    let task = c.import(&token, "a.txt", sample_text()).await;
-    assert_eq!(c.wait_done(&token, &task).await["status"], "completed");
+    let task = c.imported(&token).await;
 
     // Non-admins may not touch flags.
     assert_eq!(c.get(&token, "/admin/flags").await.status(), 403);
