@@ -52,11 +52,6 @@ impl KeySpace {
         Ok(Self { base: format!("{prefix}:{env}") })
     }
 
-    /// `{p}:{env}:` — every key starts with this.
-    pub fn namespace(&self) -> String {
-        format!("{}:", self.base)
-    }
-
     /// `{p}:{env}:task:import:{user_id}:{task_id}`
     pub fn import_task(&self, user: &UserId, task: &TaskId) -> Key {
         Key(format!("{}:task:import:{user}:{task}", self.base))

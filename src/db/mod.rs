@@ -25,7 +25,6 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations
 #[derive(Clone)]
 pub struct Database {
     pool: AnyPool,
-    is_sqlite: bool,
 }
 
 impl Database {
@@ -56,15 +55,11 @@ impl Database {
             .context("cannot open the database")?;
         let migrator = if is_sqlite { &SQLITE_MIGRATIONS } else { &POSTGRES_MIGRATIONS };
         migrator.run(&pool).await.context("database migration failed")?;
-        Ok(Self { pool, is_sqlite })
+        Ok(Self { pool })
     }
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
-    }
-
-    pub fn is_sqlite(&self) -> bool {
-        self.is_sqlite
     }
 
     /// True when the database answers within a second.

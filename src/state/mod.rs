@@ -152,9 +152,6 @@ impl StateLayer {
     pub fn redis(&self) -> Option<&Arc<RedisBackend>> {
         self.redis.as_ref()
     }
-    pub fn fallback_mode(&self) -> FallbackMode {
-        self.fallback
-    }
 
     fn route(&self, feature: Feature) -> Route {
         match &self.redis {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,7 +34,6 @@ pub struct RedisSettings {
 #[derive(Default)]
 pub struct CircuitBreaker {
     open: AtomicBool,
-    trips: AtomicU64,
 }
 
 impl CircuitBreaker {
@@ -44,7 +43,6 @@ impl CircuitBreaker {
 
     fn trip(&self, why: &str) {
         if !self.open.swap(true, Ordering::AcqRel) {
-            self.trips.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("reportd_redis_breaker_trips_total").increment(1);
             tracing::warn!(reason = why, "redis unreachable: circuit opened, serving from fallback");
         }
@@ -54,11 +52,6 @@ impl CircuitBreaker {
         if self.open.swap(false, Ordering::AcqRel) {
             tracing::info!("redis reachable again: circuit closed");
         }
-    }
-
-    /// How many times the circuit has opened since start.
-    pub fn trips(&self) -> u64 {
-        self.trips.load(Ordering::Relaxed)
     }
 }
 
@@ -100,10 +93,6 @@ impl RedisBackend {
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| anyhow::anyhow!("cannot create the Redis client: {e}"))?;
         Ok(Self { conn, breaker: CircuitBreaker::default(), command_timeout: settings.command_timeout })
-    }
-
-    pub fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
     }
 
     /// True unless the breaker is open.
