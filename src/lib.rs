@@ -38,6 +38,7 @@ pub mod http;
 pub mod ids;
 pub mod import;
 pub mod keys;
+pub mod search;
 pub mod state;
 pub mod tasks;
 pub mod telemetry;

@@ -26,10 +26,12 @@ pub struct Chunk {
 }
 
 /// A chunk about to be stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NewChunk {
     pub heading_path: String,
     pub content: String,
+    /// What the search index holds for it ([`crate::search::index_text`]).
+    pub search_text: String,
 }
 
 /// An upload waiting for its import job.
@@ -46,7 +48,7 @@ pub struct StagedUpload {
 
 const DOCUMENT_COLUMNS: &str = "id, user_id, title, filename, format, size_bytes, chunk_count, created_at";
 
-/// Rows per multi-row INSERT of chunks (6 parameters each, far below both
+/// Rows per multi-row INSERT of chunks (7 parameters each, far below both
 /// databases' parameter limits).
 const CHUNK_BATCH: usize = 100;
 
@@ -71,12 +73,12 @@ impl Database {
         for (batch_no, batch) in chunks.chunks(CHUNK_BATCH).enumerate() {
             let placeholders: Vec<String> = (0..batch.len())
                 .map(|i| {
-                    let b = i * 6;
-                    format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+                    let b = i * 7;
+                    format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7)
                 })
                 .collect();
             let sql = format!(
-                "INSERT INTO chunks (id, document_id, user_id, position, heading_path, content) VALUES {}",
+                "INSERT INTO chunks (id, document_id, user_id, position, heading_path, content, search_text) VALUES {}",
                 placeholders.join(", ")
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -88,7 +90,8 @@ impl Database {
                     .bind(&doc.user_id)
                     .bind(position)
                     .bind(&c.heading_path)
-                    .bind(&c.content);
+                    .bind(&c.content)
+                    .bind(&c.search_text);
             }
             q.execute(&mut *tx).await?;
         }

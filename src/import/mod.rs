@@ -7,8 +7,13 @@
 //! blocking pool under a timeout, and a parser panic fails the task instead
 //! of the process.
 
+pub mod chunk;
 pub mod decode;
+pub mod docx;
+pub mod html;
 pub mod parse;
+pub mod pdf;
+pub mod text;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +26,8 @@ use crate::db::{Database, Document, NewChunk, StagedUpload};
 use crate::ids::{TaskId, UserId};
 use crate::state::StateError;
 use crate::tasks::{TaskPatch, TaskRecord, TaskStatus, TaskStatusStore, Transition, now_ms};
-use parse::{Format, ParsedDocument, Unsupported};
+use chunk::ChunkSettings;
+use parse::{Format, ParseError, Unsupported};
 
 #[derive(Debug, Clone)]
 pub struct ImportSettings {
@@ -59,10 +65,10 @@ pub struct ImportService {
 }
 
 /// The outcome of the CPU-bound part of an import.
-struct Prepared {
-    doc: ParsedDocument,
-    chunks: Vec<NewChunk>,
-    encoding: &'static str,
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Prepared {
+    pub title: Option<String>,
+    pub chunks: Vec<NewChunk>,
 }
 
 impl ImportService {
@@ -194,7 +200,8 @@ impl ImportService {
         self.step(job, 15, "parsing", format!("parsing the {} file", format.as_str())).await;
         let size_bytes = upload.content.len() as i64;
         let content = upload.content;
-        let work = tokio::task::spawn_blocking(move || prepare(format, &content));
+        let work =
+            tokio::task::spawn_blocking(move || prepare(format, &content, &ChunkSettings::default(), &mut |_| {}));
         let prepared = match tokio::time::timeout(self.settings.parse_timeout, work).await {
             Err(_) => return Err("the document took too long to parse".into()),
             Ok(Err(join)) if join.is_panic() => {
@@ -202,13 +209,12 @@ impl ImportService {
                 return Err("the document could not be parsed (it may be corrupt)".into());
             }
             Ok(Err(_)) => return Err("the import was interrupted".into()),
-            Ok(Ok(result)) => result?,
+            Ok(Ok(result)) => result.map_err(|e| e.message)?,
         };
-        self.step(job, 60, "chunking", format!("{} chunks from {} text", prepared.chunks.len(), prepared.encoding))
-            .await;
+        self.step(job, 60, "chunking", format!("{} chunks", prepared.chunks.len())).await;
         let title = Some(upload.title.clone())
             .filter(|t| !t.is_empty())
-            .or_else(|| prepared.doc.title.clone())
+            .or_else(|| prepared.title.clone())
             .unwrap_or_else(|| file_stem(&upload.filename));
         let doc = Document {
             id: uuid::Uuid::new_v4().to_string(),
@@ -229,18 +235,27 @@ impl ImportService {
     }
 }
 
-/// Decoding, parsing and chunking: CPU-bound, run on the blocking pool.
-fn prepare(format: Format, bytes: &[u8]) -> Result<Prepared, String> {
-    let decoded = decode::decode_text(bytes).map_err(|e| e.to_string())?;
-    let doc = match format {
-        Format::Md => parse::parse_markdown(&decoded.text),
-        _ => parse::parse_plain(&decoded.text),
-    };
-    let chunks = parse::chunk(&doc, format == Format::Md);
+/// Parsing, chunking and segmenting for search: the CPU-bound part of an
+/// import, run in a parse worker. `progress` gets the fraction of parsing done.
+pub fn prepare(
+    format: Format,
+    bytes: &[u8],
+    settings: &ChunkSettings,
+    progress: parse::Progress<'_>,
+) -> Result<Prepared, ParseError> {
+    let doc = chunk::bound(parse::parse_document(format, bytes, progress)?);
+    let chunks: Vec<NewChunk> = chunk::chunk(&doc, settings)
+        .into_iter()
+        .map(|c| NewChunk {
+            search_text: crate::search::index_text(&c.heading_path, &c.content),
+            heading_path: c.heading_path,
+            content: c.content,
+        })
+        .collect();
     if chunks.is_empty() {
-        return Err("the document contains no text".into());
+        return Err(ParseError::new(parse::ParseErrorKind::NoText, "the document contains no text"));
     }
-    Ok(Prepared { doc, chunks, encoding: decoded.encoding })
+    Ok(Prepared { title: doc.title, chunks })
 }
 
 fn file_stem(filename: &str) -> String {

@@ -1,14 +1,9 @@
-//! Recognising a format by content and name, and turning text into sections
-//! (a heading path and the text under it) and sections into chunks.
+//! Recognising a format by content and name, what every parser produces (a
+//! [`ParsedDocument`]: a title and sections, each a heading path and the
+//! text under it), and [`parse_document`], which hands bytes to the parser
+//! of their format. Parsers run in a child process (see [`super::isolate`]).
 
-use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
-use serde::Serialize;
-use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
-
-use crate::db::NewChunk;
-
-/// Largest chunk, in characters.
-pub const CHUNK_CHARS: usize = 1000;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -104,7 +99,7 @@ pub fn sniff(filename: &str, bytes: &[u8]) -> Result<Format, Unsupported> {
 }
 
 /// Text under one heading path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Section {
     /// Headings from the outermost in, e.g. `["第一章", "1.2 背景"]`.
     pub headings: Vec<String>,
@@ -112,92 +107,61 @@ pub struct Section {
 }
 
 /// A document reduced to what is stored: a title and sections.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParsedDocument {
     pub title: Option<String>,
     pub sections: Vec<Section>,
 }
 
-/// Plain text: one section without headings.
-pub fn parse_plain(text: &str) -> ParsedDocument {
-    ParsedDocument { title: None, sections: vec![Section { headings: vec![], text: normalise(text) }] }
+/// What kind of unreadable file a [`ParseError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParseErrorKind {
+    /// Nothing in the file (0 bytes, or only whitespace).
+    Empty,
+    /// The file is readable but holds no text (e.g. a scanned PDF).
+    NoText,
+    /// The file is encrypted or password-protected.
+    Encrypted,
+    /// The file is damaged or not what its format says.
+    Corrupt,
+    /// The file unpacks to more than the import allows (zip or XML bombs).
+    TooLarge,
+    /// The text could not be decoded.
+    Encoding,
 }
 
-/// Markdown: the source is kept as written (links, code and all) and cut at
-/// its headings, each section knowing the path of headings above it. The
-/// first level-1 heading is the title.
-pub fn parse_markdown(source: &str) -> ParsedDocument {
-    let source = normalise(source);
-    let mut stack: Vec<(HeadingLevel, String)> = Vec::new();
-    let mut sections = Vec::new();
-    let mut section_start = 0;
-    let mut section_path: Vec<String> = Vec::new();
-    let mut in_heading: Option<(HeadingLevel, usize, String)> = None;
-    let mut title = None;
-    for (event, range) in Parser::new_ext(&source, Options::ENABLE_TABLES).into_offset_iter() {
-        match event {
-            Event::Start(Tag::Heading { level, .. }) => in_heading = Some((level, range.start, String::new())),
-            Event::Text(t) | Event::Code(t) => {
-                if let Some((_, _, text)) = &mut in_heading {
-                    text.push_str(&t);
-                }
-            }
-            Event::End(TagEnd::Heading(_)) => {
-                let Some((level, start, text)) = in_heading.take() else {
-                    continue;
-                };
-                let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-                push_section(&mut sections, &section_path, &source[section_start..start]);
-                while stack.last().is_some_and(|(l, _)| *l >= level) {
-                    stack.pop();
-                }
-                if title.is_none() && level == HeadingLevel::H1 && !text.is_empty() {
-                    title = Some(text.clone());
-                }
-                stack.push((level, text));
-                section_path = stack.iter().map(|(_, t)| t.clone()).filter(|t| !t.is_empty()).collect();
-                section_start = start;
-            }
-            _ => {}
-        }
-    }
-    push_section(&mut sections, &section_path, &source[section_start..]);
-    ParsedDocument { title, sections }
+/// Why a supported file could not be turned into text. `message` is shown
+/// to the user as the task's `error`, so it is a full sentence that says
+/// which of the kinds above it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ParseError {
+    pub kind: ParseErrorKind,
+    pub message: String,
 }
 
-fn push_section(sections: &mut Vec<Section>, path: &[String], text: &str) {
-    if !text.trim().is_empty() {
-        sections.push(Section { headings: path.to_vec(), text: text.to_owned() });
+impl ParseError {
+    pub fn new(kind: ParseErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
     }
 }
 
-/// Unix line ends, no NULs (PostgreSQL refuses them in TEXT).
-fn normalise(text: &str) -> String {
-    text.replace("\r\n", "\n").replace('\r', "\n").replace('\0', "")
-}
+/// Reports how far a parser has got, as a fraction from 0.0 to 1.0 (by pages
+/// or bytes). Calls are cheap; a parser may call it as often as it likes.
+pub type Progress<'a> = &'a mut dyn FnMut(f32);
 
-/// Splits every section into chunks of at most [`CHUNK_CHARS`] characters,
-/// at the most meaningful boundary available (headings, paragraphs,
-/// sentences — Chinese ones included — then words).
-pub fn chunk(doc: &ParsedDocument, markdown: bool) -> Vec<NewChunk> {
-    let config = || ChunkConfig::new(CHUNK_CHARS);
-    let md = markdown.then(|| MarkdownSplitter::new(config()));
-    let plain = TextSplitter::new(config());
-    let mut out = Vec::new();
-    for section in &doc.sections {
-        let heading_path = section.headings.join(" > ");
-        let pieces: Vec<&str> = match &md {
-            Some(md) => md.chunks(&section.text).collect(),
-            None => plain.chunks(&section.text).collect(),
-        };
-        out.extend(
-            pieces
-                .into_iter()
-                .filter(|c| !c.trim().is_empty())
-                .map(|c| NewChunk { heading_path: heading_path.clone(), content: c.to_owned() }),
-        );
+/// Turns the bytes of a file of `format` into a document. CPU-bound and, for
+/// some formats, at the mercy of the file: call it in a parse worker
+/// ([`super::isolate`]), never on the server's threads.
+pub fn parse_document(format: Format, bytes: &[u8], progress: Progress<'_>) -> Result<ParsedDocument, ParseError> {
+    match format {
+        Format::Txt => super::text::parse(bytes, false, progress),
+        Format::Md => super::text::parse(bytes, true, progress),
+        Format::Html => super::html::parse(bytes, progress),
+        Format::Docx => super::docx::parse(bytes, progress),
+        Format::Pdf => super::pdf::parse(bytes, progress),
     }
-    out
 }
 
 #[cfg(test)]
@@ -213,30 +177,5 @@ mod tests {
         assert_eq!(sniff("a.md", b"PK\x03\x04...."), Err(Unsupported::Mismatch { found: "docx" }));
         assert!(matches!(sniff("a.exe", b"MZ"), Err(Unsupported::Extension(_))));
         assert_eq!(sniff("a.txt", b"\x00\x01\x02\x03binary"), Err(Unsupported::Binary));
-        assert_eq!(sniff("a.pdf", b"%PDF-1.4"), Err(Unsupported::NotYet("pdf")));
-    }
-
-    #[test]
-    fn markdown_sections_carry_their_heading_path() {
-        let doc =
-            parse_markdown("intro\n\n# 第一章\n\ntext one\n\n## 1.2 背景\n\nmore [link](x)\n\n# 第二章\n\nlast\n");
-        assert_eq!(doc.title.as_deref(), Some("第一章"));
-        let paths: Vec<String> = doc.sections.iter().map(|s| s.headings.join(" > ")).collect();
-        assert_eq!(paths, ["", "第一章", "第一章 > 1.2 背景", "第二章"]);
-        assert!(doc.sections[2].text.contains("more [link](x)"), "markdown source is kept");
-        let chunks = chunk(&doc, true);
-        assert_eq!(chunks.len(), 4);
-        assert_eq!(chunks[2].heading_path, "第一章 > 1.2 背景");
-    }
-
-    #[test]
-    fn long_text_is_split_without_losing_characters() {
-        let sentence = "这是一个用于测试分块的中文句子。";
-        let text = sentence.repeat(300);
-        let chunks = chunk(&parse_plain(&text), false);
-        assert!(chunks.len() > 1);
-        assert!(chunks.iter().all(|c| c.content.chars().count() <= CHUNK_CHARS));
-        let joined: String = chunks.iter().map(|c| c.content.as_str()).collect();
-        assert_eq!(joined, text);
     }
 }

@@ -1,0 +1,9 @@
+//! docx documents. PLACEHOLDER: being written.
+
+use super::parse::{ParseError, ParseErrorKind, ParsedDocument, Progress};
+
+/// Parses a docx file into sections.
+pub fn parse(bytes: &[u8], progress: Progress<'_>) -> Result<ParsedDocument, ParseError> {
+    let _ = (bytes, progress);
+    Err(ParseError::new(ParseErrorKind::Corrupt, "docx import is not available yet"))
+}
