@@ -11,10 +11,16 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{TokenKeys, load_or_create_secret};
 use crate::config::Config;
 use crate::db::Database;
+use crate::import::chunk::ChunkSettings;
+use crate::import::isolate::ParserConfig;
 use crate::import::{ImportService, ImportSettings};
 use crate::keys::KeySpace;
 use crate::state::{Flags, MemoryBackend, RedisBackend, StateLayer};
-use crate::tasks::TaskStatusStore;
+use crate::stores::import_queue::{ImportQueue, QueueSettings};
+use crate::stores::tasks::TaskStatusStore;
+
+/// TTL of the import stream, refreshed on every add (SPEC §2).
+const IMPORT_STREAM_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Everything a request handler can reach.
 pub struct App {
@@ -64,13 +70,35 @@ impl App {
         state.spawn_background(health, Duration::from_millis(config.flags_refresh_ms.max(100)), background.clone());
 
         let tasks = TaskStatusStore::new(state.clone(), Duration::from_secs(config.task_status_ttl_seconds));
+        let heartbeat_timeout = Duration::from_secs(config.import_heartbeat_timeout_seconds);
+        let queue = ImportQueue::new(
+            state.clone(),
+            db.clone(),
+            QueueSettings {
+                local_capacity: config.import_queue_capacity,
+                stream_max_len: config.import_stream_max_len,
+                stream_ttl: IMPORT_STREAM_TTL,
+                heartbeat_timeout,
+            },
+        );
+        let exe = match &config.import_parser_exe {
+            Some(exe) => exe.clone(),
+            None => std::env::current_exe().context("cannot find this binary to run parse workers")?,
+        };
         let imports = ImportService::start(
             db.clone(),
             tasks.clone(),
+            queue,
             ImportSettings {
                 workers: config.import_workers,
-                queue_capacity: config.import_queue_capacity,
-                parse_timeout: Duration::from_secs(config.import_parse_timeout_seconds),
+                heartbeat_timeout,
+                parser: ParserConfig {
+                    exe,
+                    timeout: Duration::from_secs(config.import_parse_timeout_seconds),
+                    memory_bytes: config.import_parse_memory_mb.saturating_mul(1024 * 1024),
+                    chunk: ChunkSettings { size: config.chunk_size_chars, overlap: config.chunk_overlap_chars },
+                },
+                max_attempts: i64::from(config.import_max_attempts),
                 stage_delay: Duration::from_millis(config.import_stage_delay_ms),
             },
             background.clone(),

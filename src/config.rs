@@ -147,6 +147,27 @@ pub struct Config {
     /// Longest time one document may take to parse before its import fails.
     #[arg(long, env = "IMPORT_PARSE_TIMEOUT_SECONDS", default_value_t = 120)]
     pub import_parse_timeout_seconds: u64,
+    /// Memory a parse worker (the child process that parses one file) may use before it is stopped.
+    #[arg(long, env = "IMPORT_PARSE_MEMORY_MB", default_value_t = 1536)]
+    pub import_parse_memory_mb: u64,
+    /// The binary run as a parse worker (default: this one).
+    #[arg(long, env = "IMPORT_PARSER_EXE", hide = true)]
+    pub import_parser_exe: Option<PathBuf>,
+    /// A running import not heard from for this long has lost its worker and is taken over.
+    #[arg(long, env = "IMPORT_HEARTBEAT_TIMEOUT_SECONDS", default_value_t = 15)]
+    pub import_heartbeat_timeout_seconds: u64,
+    /// Starts of one import before its task fails because its worker kept being lost.
+    #[arg(long, env = "IMPORT_MAX_ATTEMPTS", default_value_t = 3)]
+    pub import_max_attempts: u32,
+    /// Live entries in the shared import stream before new uploads are refused (503).
+    #[arg(long, env = "IMPORT_STREAM_MAX_LEN", default_value_t = 10_000)]
+    pub import_stream_max_len: u64,
+    /// Largest chunk, in characters.
+    #[arg(long, env = "CHUNK_SIZE_CHARS", default_value_t = 1000)]
+    pub chunk_size_chars: usize,
+    /// Characters a chunk repeats from the end of the previous one.
+    #[arg(long, env = "CHUNK_OVERLAP_CHARS", default_value_t = 100)]
+    pub chunk_overlap_chars: usize,
     /// Pause between import stages (demos and tests that watch progress); 0 in production.
     #[arg(long, env = "IMPORT_STAGE_DELAY_MS", default_value_t = 0)]
     pub import_stage_delay_ms: u64,
@@ -183,6 +204,22 @@ impl Config {
         anyhow::ensure!(self.import_workers >= 1, "IMPORT_WORKERS must be at least 1");
         anyhow::ensure!(self.import_queue_capacity >= 1, "IMPORT_QUEUE_CAPACITY must be at least 1");
         anyhow::ensure!(self.task_status_ttl_seconds >= 60, "TASK_STATUS_TTL_SECONDS must be at least 60");
+        anyhow::ensure!(self.import_parse_memory_mb >= 64, "IMPORT_PARSE_MEMORY_MB must be at least 64");
+        anyhow::ensure!(self.import_parse_timeout_seconds >= 1, "IMPORT_PARSE_TIMEOUT_SECONDS must be at least 1");
+        anyhow::ensure!(
+            self.import_heartbeat_timeout_seconds >= 1,
+            "IMPORT_HEARTBEAT_TIMEOUT_SECONDS must be at least 1"
+        );
+        anyhow::ensure!(self.import_max_attempts >= 1, "IMPORT_MAX_ATTEMPTS must be at least 1");
+        anyhow::ensure!(self.import_stream_max_len >= 1, "IMPORT_STREAM_MAX_LEN must be at least 1");
+        anyhow::ensure!(
+            (100..=100_000).contains(&self.chunk_size_chars),
+            "CHUNK_SIZE_CHARS must be between 100 and 100000"
+        );
+        anyhow::ensure!(
+            self.chunk_overlap_chars < self.chunk_size_chars,
+            "CHUNK_OVERLAP_CHARS must be smaller than CHUNK_SIZE_CHARS"
+        );
         anyhow::ensure!(self.redis_command_timeout_ms >= 10, "REDIS_COMMAND_TIMEOUT_MS must be at least 10");
         if let Some(url) = &self.database_url {
             anyhow::ensure!(

@@ -40,7 +40,7 @@ pub mod import;
 pub mod keys;
 pub mod search;
 pub mod state;
-pub mod tasks;
+pub mod stores;
 pub mod telemetry;
 
 pub use app::{App, serve, shutdown_signal};

@@ -6,8 +6,23 @@ use anyhow::Context;
 use clap::Parser;
 use reportd::{App, Cli, Command, Config, UserCommand};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // A parse worker (a child of the service, see reportd::import::isolate)
+    // needs no runtime, configuration or logging: it parses one file.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(reportd::import::isolate::WORKER_ARG) {
+        return reportd::import::isolate::worker_main(&args[1..]);
+    }
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("reportd: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     // A .env file is optional; a malformed one is worth a word.
     if let Err(e) = dotenvy::dotenv()
         && !e.not_found()

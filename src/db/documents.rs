@@ -1,7 +1,7 @@
 use sqlx::FromRow;
 
 use super::Database;
-use crate::ids::{DocumentId, TaskId, UserId};
+use crate::ids::{DocumentId, UserId};
 
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
 pub struct Document {
@@ -34,18 +34,6 @@ pub struct NewChunk {
     pub search_text: String,
 }
 
-/// An upload waiting for its import job.
-#[derive(Debug, Clone, FromRow)]
-pub struct StagedUpload {
-    pub task_id: String,
-    pub user_id: String,
-    pub filename: String,
-    pub title: String,
-    pub format: String,
-    pub content: Vec<u8>,
-    pub created_at: i64,
-}
-
 const DOCUMENT_COLUMNS: &str = "id, user_id, title, filename, format, size_bytes, chunk_count, created_at";
 
 /// Rows per multi-row INSERT of chunks (7 parameters each, far below both
@@ -53,9 +41,21 @@ const DOCUMENT_COLUMNS: &str = "id, user_id, title, filename, format, size_bytes
 const CHUNK_BATCH: usize = 100;
 
 impl Database {
-    /// Stores a document and its chunks in one transaction.
-    pub async fn insert_document(&self, doc: &Document, chunks: &[NewChunk]) -> Result<(), sqlx::Error> {
+    /// Stores a document and its chunks in one transaction, replacing the
+    /// document of the same id and its chunks if a previous attempt stored
+    /// them (an import that is run again after its worker died must not
+    /// duplicate anything). `stored(n)` is called after every batch with the
+    /// number of chunks written so far.
+    pub async fn insert_document(
+        &self,
+        doc: &Document,
+        chunks: &[NewChunk],
+        stored: &mut (dyn FnMut(usize) + Send),
+    ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool().begin().await?;
+        for sql in ["DELETE FROM chunks WHERE document_id = $1", "DELETE FROM documents WHERE id = $1"] {
+            sqlx::query(sql).bind(&doc.id).execute(&mut *tx).await?;
+        }
         sqlx::query(
             "INSERT INTO documents (id, user_id, title, filename, format, size_bytes, chunk_count, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -94,6 +94,7 @@ impl Database {
                     .bind(&c.search_text);
             }
             q.execute(&mut *tx).await?;
+            stored(batch_no * CHUNK_BATCH + batch.len());
         }
         tx.commit().await
     }
@@ -164,42 +165,5 @@ impl Database {
             .await?;
         tx.commit().await?;
         Ok(done.rows_affected() > 0)
-    }
-
-    pub async fn stage_upload(&self, upload: &StagedUpload) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO staged_uploads (task_id, user_id, filename, title, format, content, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&upload.task_id)
-        .bind(&upload.user_id)
-        .bind(&upload.filename)
-        .bind(&upload.title)
-        .bind(&upload.format)
-        .bind(&upload.content)
-        .bind(upload.created_at)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    pub async fn staged_upload(&self, user: &UserId, task: &TaskId) -> Result<Option<StagedUpload>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT task_id, user_id, filename, title, format, content, created_at FROM staged_uploads \
-             WHERE user_id = $1 AND task_id = $2",
-        )
-        .bind(user.as_str())
-        .bind(task.as_str())
-        .fetch_optional(self.pool())
-        .await
-    }
-
-    pub async fn drop_staged_upload(&self, user: &UserId, task: &TaskId) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM staged_uploads WHERE user_id = $1 AND task_id = $2")
-            .bind(user.as_str())
-            .bind(task.as_str())
-            .execute(self.pool())
-            .await?;
-        Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! The SQL store: users, documents, chunks and staged uploads.
+//! The SQL store: users, documents, chunks and staged uploads (which are
+//! also the durable record of import jobs, see [`jobs`]).
 //!
 //! One pool type ([`sqlx::AnyPool`]) serves SQLite (the embedded default) and
 //! PostgreSQL (several instances). Queries are written once, with `$N`
@@ -7,6 +8,7 @@
 //! backend has its own migration folder, applied at start.
 
 mod documents;
+pub mod jobs;
 mod users;
 
 use std::str::FromStr;
@@ -16,7 +18,8 @@ use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-pub use documents::{Chunk, Document, NewChunk, StagedUpload};
+pub use documents::{Chunk, Document, NewChunk};
+pub use jobs::{Claim, JobQueue, JobRef, StagedUpload};
 pub use users::User;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");

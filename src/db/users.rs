@@ -32,7 +32,7 @@ impl Database {
             username: username.to_owned(),
             password_hash: password_hash.to_owned(),
             is_admin: i64::from(is_admin),
-            created_at: crate::tasks::now_ms(),
+            created_at: crate::stores::tasks::now_ms(),
         };
         sqlx::query(
             "INSERT INTO users (id, username, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5)",

@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::TaskId;
 use crate::import::SubmitError;
-use crate::tasks::{TaskRecord, TaskStatus};
+use crate::stores::tasks::{TaskRecord, TaskStatus};
 
 pub fn router(max_upload_bytes: usize) -> Router<Arc<App>> {
     // Room for the multipart envelope and a title around the file itself.

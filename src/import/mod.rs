@@ -1,39 +1,59 @@
-//! Document import: accepting an upload, and the worker that turns it into a
-//! document with chunks while its task status moves from `pending` to
-//! `completed` or `failed`.
+//! Document import: accepting an upload, and the workers that turn it into
+//! a document with chunks while its task status moves through the stages
+//! `queued → parsing → chunking → indexing → completed` (or `failed`).
 //!
-//! An accepted upload is staged in the database and queued in a bounded
-//! in-process queue served by `IMPORT_WORKERS` workers; parsing runs on the
-//! blocking pool under a timeout, and a parser panic fails the task instead
-//! of the process.
+//! - An accepted upload is staged in SQL: that row is the job's durable
+//!   record and lease ([`crate::db::jobs`]). The job is dispatched by the
+//!   import queue ([`crate::stores::import_queue`]): the shared Redis stream
+//!   when task status is served by Redis, else this instance's bounded
+//!   in-process queue.
+//! - A worker runs a job only after claiming its lease; this instance renews
+//!   the leases of every job it holds (its heartbeat) and a running stream
+//!   job's entry, so a job whose instance died is taken over by another
+//!   instance (or by the same one, restarted) once the heartbeat timeout has
+//!   passed: from the stream (`XAUTOCLAIM`), or from SQL by the sweeper when
+//!   it was a local job. Each start counts one attempt; past
+//!   `IMPORT_MAX_ATTEMPTS` the task fails, saying that its worker was lost.
+//! - Parsing and chunking run in a parse worker, a child process with a
+//!   wall-clock and a memory limit ([`isolate`]); whatever a file does to
+//!   the parser, the service only sees a failed task.
+//! - Storing is idempotent by task: the document id is derived from the
+//!   task id and a re-run replaces what an earlier attempt stored.
+//! - The staged upload is deleted once the task's final status is written.
 
 pub mod chunk;
 pub mod decode;
 pub mod docx;
 pub mod html;
+pub mod isolate;
 pub mod parse;
 pub mod pdf;
 pub mod text;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::db::{Database, Document, NewChunk, StagedUpload};
+use crate::db::{Claim, Database, Document, JobQueue, NewChunk, StagedUpload};
 use crate::ids::{TaskId, UserId};
-use crate::state::StateError;
-use crate::tasks::{TaskPatch, TaskRecord, TaskStatus, TaskStatusStore, Transition, now_ms};
+use crate::state::{StateError, spawn_periodic};
+use crate::stores::import_queue::{Consumer, ImportQueue, QueuedJob};
+use crate::stores::tasks::{TaskPatch, TaskRecord, TaskStatus, TaskStatusStore, Transition, now_ms};
 use chunk::ChunkSettings;
+use isolate::{ParserConfig, WorkerEvent};
 use parse::{Format, ParseError, Unsupported};
 
 #[derive(Debug, Clone)]
 pub struct ImportSettings {
     pub workers: usize,
-    pub queue_capacity: usize,
-    pub parse_timeout: Duration,
+    /// A running import not heard from for this long has lost its worker.
+    pub heartbeat_timeout: Duration,
+    pub parser: ParserConfig,
+    /// Starts of one job before its task fails (its worker kept dying).
+    pub max_attempts: i64,
     pub stage_delay: Duration,
 }
 
@@ -50,59 +70,154 @@ pub enum SubmitError {
     Database(#[from] sqlx::Error),
 }
 
-#[derive(Debug)]
-struct ImportJob {
-    user: UserId,
-    task: TaskId,
-}
-
 pub struct ImportService {
     db: Database,
     tasks: TaskStatusStore,
-    queue: mpsc::Sender<ImportJob>,
+    queue: ImportQueue,
     settings: ImportSettings,
+    /// This instance's name in leases and in the stream's consumer group.
+    instance: String,
     workers: TaskTracker,
+    /// Stops the lease heartbeat, which must outlive the workers' drain.
+    heartbeat: CancellationToken,
 }
 
-/// The outcome of the CPU-bound part of an import.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Prepared {
-    pub title: Option<String>,
-    pub chunks: Vec<NewChunk>,
+/// Where a running import is, for its task status.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stage {
+    Parsing(f32),
+    Chunking,
+    Indexing { stored: usize, total: usize },
+}
+
+impl Stage {
+    fn progress(self) -> u8 {
+        match self {
+            Self::Parsing(f) => 5 + (f.clamp(0.0, 1.0) * 55.0) as u8,
+            Self::Chunking => 62,
+            Self::Indexing { stored, total } => 70 + (29 * stored / total.max(1)) as u8,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Parsing(_) => "parsing",
+            Self::Chunking => "chunking",
+            Self::Indexing { .. } => "indexing",
+        }
+    }
+
+    fn message(self, format: Format) -> String {
+        match self {
+            Self::Parsing(f) => format!("parsing the {} file ({:.0}%)", format.as_str(), f * 100.0),
+            Self::Chunking => "cutting the text into chunks".into(),
+            Self::Indexing { stored, total } => format!("indexing: {stored} of {total} chunks stored"),
+        }
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl ImportService {
-    /// Starts the workers; they stop when `cancel` fires.
+    /// Starts the workers, the lease heartbeat and the sweeper that adopts
+    /// jobs whose instance died; the workers stop when `cancel` fires.
     pub fn start(
         db: Database,
         tasks: TaskStatusStore,
+        queue: ImportQueue,
         settings: ImportSettings,
         cancel: CancellationToken,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(settings.queue_capacity);
-        let this = Arc::new(Self { db, tasks, queue: tx, settings, workers: TaskTracker::new() });
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..this.settings.workers {
-            let (worker, rx, cancel) = (this.clone(), rx.clone(), cancel.clone());
+        let instance = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let this = Arc::new(Self {
+            db,
+            tasks,
+            queue,
+            settings,
+            instance,
+            workers: TaskTracker::new(),
+            heartbeat: CancellationToken::new(),
+        });
+        for n in 0..this.settings.workers {
+            let (worker, cancel) = (this.clone(), cancel.clone());
             this.workers.spawn(async move {
-                loop {
-                    let job = tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        job = async { rx.lock().await.recv().await } => job,
-                    };
-                    let Some(job) = job else { break };
-                    worker.run(job).await;
+                let mut consumer = Consumer::new(format!("{}-{n}", worker.instance));
+                while let Some(job) = worker.queue.next(&mut consumer, &cancel).await {
+                    worker.run(job, &consumer).await;
                 }
             });
         }
+        let timeout = this.settings.heartbeat_timeout;
+        let beat = this.clone();
+        spawn_periodic(timeout / 3, this.heartbeat.clone(), move || {
+            let beat = beat.clone();
+            async move { beat.renew_leases().await }
+        });
+        let sweeper = this.clone();
+        spawn_periodic(timeout / 2, cancel, move || {
+            let sweeper = sweeper.clone();
+            async move { sweeper.sweep().await }
+        });
         this
     }
 
+    fn lease_until(&self) -> i64 {
+        now_ms() + millis(self.settings.heartbeat_timeout)
+    }
+
+    async fn renew_leases(&self) {
+        if let Err(e) = self.db.renew_leases(&self.instance, self.lease_until()).await {
+            tracing::warn!(error = %e, "import leases not renewed");
+        }
+    }
+
+    /// Adopts jobs that no live instance holds: local jobs of an instance
+    /// that died or let go of them, and, while the stream cannot be used,
+    /// stream jobs whose worker died. They join this instance's queue.
+    async fn sweep(&self) {
+        let include_stream = self.queue.stream().is_none();
+        let orphans = match self.db.orphaned_jobs(now_ms(), include_stream, 16).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for abandoned imports");
+                return;
+            }
+        };
+        for job in orphans {
+            if !self.queue.local_has_room() {
+                break;
+            }
+            let (Ok(user), Ok(task)) = (UserId::parse(&job.user_id), TaskId::parse(&job.task_id)) else { continue };
+            match self.db.adopt_job(&user, &task, &self.instance, now_ms(), self.lease_until(), include_stream).await {
+                Ok(true) => {
+                    tracing::info!(%task, "adopting an import whose instance stopped");
+                    metrics::counter!("reportd_import_takeovers_total").increment(1);
+                    if self.queue.push_local(&user, &task).is_err() {
+                        let _ = self.db.release_job(&user, &task, &self.instance).await;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot adopt an abandoned import"),
+            }
+        }
+    }
+
     /// Waits (at most `grace`) for the imports in progress to finish once
-    /// the workers have been told to stop; returns false if some did not.
+    /// the workers have been told to stop, then lets go of every job this
+    /// instance still holds, so that another instance takes them at once.
+    /// Returns false if some did not finish in time.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.workers.close();
-        tokio::time::timeout(grace, self.workers.wait()).await.is_ok()
+        let finished = tokio::time::timeout(grace, self.workers.wait()).await.is_ok();
+        match self.db.release_jobs(&self.instance).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "handed imports back to the queue"),
+            Err(e) => tracing::warn!(error = %e, "imports not handed back; they are taken over after the heartbeat timeout"),
+        }
+        self.heartbeat.cancel();
+        finished
     }
 
     /// Accepts an upload: checks its type, stages it, records the task as
@@ -115,7 +230,10 @@ impl ImportService {
         bytes: Vec<u8>,
     ) -> Result<TaskRecord, SubmitError> {
         let format = parse::sniff(filename, &bytes)?;
-        let permit = self.queue.try_reserve().map_err(|_| SubmitError::QueueFull)?;
+        let stream = self.queue.stream().cloned();
+        if stream.is_none() && !self.queue.local_has_room() {
+            return Err(SubmitError::QueueFull);
+        }
         let task = TaskId::generate();
         let upload = StagedUpload {
             task_id: task.to_string(),
@@ -126,7 +244,11 @@ impl ImportService {
             content: bytes,
             created_at: now_ms(),
         };
-        self.db.stage_upload(&upload).await?;
+        let (queue, holder) = match stream {
+            Some(_) => (JobQueue::Redis, None),
+            None => (JobQueue::Local, Some((self.instance.as_str(), self.lease_until()))),
+        };
+        self.db.stage_upload(&upload, queue, holder).await?;
         let record = match self.tasks.create(user, &task, filename).await {
             Ok(r) => r,
             Err(e) => {
@@ -134,48 +256,126 @@ impl ImportService {
                 return Err(e.into());
             }
         };
-        permit.send(ImportJob { user: user.clone(), task });
+        let queued = match stream {
+            Some(redis) => match self.queue.push_stream(&redis, user, &task).await {
+                Ok(added) => added,
+                Err(e) => {
+                    // Redis failed between the routing decision and the add:
+                    // the job goes to this instance's queue instead.
+                    tracing::warn!(error = %e, "import stream unavailable, queueing locally");
+                    self.db.requeue_job(user, &task, JobQueue::Local, Some((&self.instance, self.lease_until()))).await?;
+                    self.queue.push_local(user, &task).is_ok()
+                }
+            },
+            None => self.queue.push_local(user, &task).is_ok(),
+        };
+        if !queued {
+            let mut patch = TaskPatch::new(TaskStatus::Failed, 0, "failed", "import refused");
+            patch.error = Some("the import queue was full".into());
+            let _ = self.tasks.advance(user, &task, &patch).await;
+            let _ = self.db.drop_staged_upload(user, &task).await;
+            return Err(SubmitError::QueueFull);
+        }
+        metrics::counter!("reportd_imports_submitted_total", "format" => format.as_str()).increment(1);
         Ok(record)
     }
 
-    async fn run(&self, job: ImportJob) {
-        let outcome = self.process(&job).await;
+    /// Runs one delivered job, if this worker can claim it.
+    async fn run(&self, job: QueuedJob, consumer: &Consumer) {
+        let now = now_ms();
+        let attempts = match self.db.claim_job(&job.user, &job.task, &self.instance, now, self.lease_until()).await {
+            Ok(Claim::Claimed { attempts }) => attempts,
+            Ok(Claim::Gone) => {
+                // Already finished (a second delivery): nothing to do.
+                self.queue.done(&job).await;
+                return;
+            }
+            // Another worker runs it; its own delivery will be acknowledged.
+            Ok(Claim::Held) => return,
+            Err(e) => {
+                tracing::warn!(task = %job.task, error = %e, "cannot claim an import; it will be retried");
+                return;
+            }
+        };
+        metrics::counter!("reportd_import_attempts_total").increment(1);
+        if attempts > self.settings.max_attempts {
+            tracing::warn!(task = %job.task, attempts, "import abandoned: its worker was lost too often");
+            let error = format!(
+                "the import was interrupted: its worker stopped {} times before it could finish",
+                attempts - 1
+            );
+            self.finish(&job, "unknown", Instant::now(), Err(error)).await;
+            return;
+        }
+        let started = Instant::now();
+        let heartbeat = async {
+            let mut every = tokio::time::interval(self.settings.heartbeat_timeout / 3);
+            loop {
+                every.tick().await;
+                self.queue.touch(consumer.name(), &job).await;
+            }
+        };
+        let (format, outcome) = tokio::select! {
+            outcome = self.process(&job) => outcome,
+            _ = heartbeat => unreachable!("the heartbeat never ends"),
+        };
+        self.finish(&job, format, started, outcome).await;
+    }
+
+    /// Writes the final status, then ends the job for good. If the status
+    /// cannot be written, the job is let go of instead, to be run again.
+    async fn finish(&self, job: &QueuedJob, format: &'static str, started: Instant, outcome: Result<String, String>) {
+        let label = if outcome.is_ok() { "completed" } else { "failed" };
+        metrics::counter!("reportd_imports_total", "outcome" => label).increment(1);
+        metrics::histogram!("reportd_import_duration_seconds", "format" => format, "outcome" => label)
+            .record(started.elapsed().as_secs_f64());
         let patch = match outcome {
             Ok(document_id) => {
-                metrics::counter!("reportd_imports_total", "outcome" => "completed").increment(1);
                 let mut p = TaskPatch::new(TaskStatus::Completed, 100, "completed", "import completed");
                 p.document_id = Some(document_id);
                 p
             }
             Err(error) => {
-                metrics::counter!("reportd_imports_total", "outcome" => "failed").increment(1);
                 tracing::info!(task = %job.task, %error, "import failed");
                 let mut p = TaskPatch::new(TaskStatus::Failed, 0, "failed", "import failed");
                 p.error = Some(error);
                 p
             }
         };
-        if let Err(e) = self.db.drop_staged_upload(&job.user, &job.task).await {
-            tracing::warn!(task = %job.task, error = %e, "staged upload not removed");
-        }
         // The final status must not be lost to a short outage: retry it.
+        let mut written = false;
         for attempt in 1..=20 {
             match self.tasks.advance(&job.user, &job.task, &patch).await {
-                Ok(_) => return,
+                Ok(_) => {
+                    written = true;
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(task = %job.task, attempt, error = %e, "final task status not written yet");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
-        tracing::error!(task = %job.task, "final task status could not be written");
+        if !written {
+            tracing::error!(task = %job.task, "final task status could not be written; the import will run again");
+            let _ = self.db.release_job(&job.user, &job.task, &self.instance).await;
+            return;
+        }
+        if let Err(e) = self.db.drop_staged_upload(&job.user, &job.task).await {
+            tracing::warn!(task = %job.task, error = %e, "staged upload not removed");
+        }
+        self.queue.done(job).await;
     }
 
-    /// Records progress; a failure to record it does not stop the import.
-    async fn step(&self, job: &ImportJob, progress: u8, stage: &str, message: impl Into<String>) {
+    /// Records a stage change; a failure to record it does not stop the import.
+    async fn step(&self, job: &QueuedJob, progress: u8, stage: &str, message: impl Into<String>) {
         if !self.settings.stage_delay.is_zero() {
             tokio::time::sleep(self.settings.stage_delay).await;
         }
+        self.report(job, progress, stage, message.into()).await;
+    }
+
+    async fn report(&self, job: &QueuedJob, progress: u8, stage: &str, message: String) {
         let patch = TaskPatch::new(TaskStatus::Processing, progress, stage, message);
         match self.tasks.advance(&job.user, &job.task, &patch).await {
             Ok(Transition::Applied(_)) => {}
@@ -184,40 +384,71 @@ impl ImportService {
         }
     }
 
-    /// Runs one import; `Err` carries the text shown to the user.
-    async fn process(&self, job: &ImportJob) -> Result<String, String> {
-        self.step(job, 5, "loading", "reading the upload").await;
-        let upload = self
-            .db
-            .staged_upload(&job.user, &job.task)
+    /// Forwards progress within a stage to the task status, at most a few
+    /// times a second, until the sender is dropped.
+    async fn follow(&self, job: &QueuedJob, format: Format, mut stages: watch::Receiver<Option<Stage>>) {
+        let mut last: Option<(u8, &'static str)> = None;
+        while stages.changed().await.is_ok() {
+            let Some(stage) = *stages.borrow_and_update() else { continue };
+            let now = (stage.progress(), stage.name());
+            if last != Some(now) {
+                last = Some(now);
+                self.report(job, now.0, now.1, stage.message(format)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Runs one import; returns the format and the document id, or the
+    /// text shown to the user.
+    async fn process(&self, job: &QueuedJob) -> (&'static str, Result<String, String>) {
+        let upload = match self.db.staged_upload(&job.user, &job.task).await {
+            Ok(Some(upload)) => upload,
+            Ok(None) => return ("unknown", Err("the upload is no longer available".into())),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a staged upload");
+                return ("unknown", Err("the upload could not be read back".into()));
+            }
+        };
+        let Some(format) = Format::parse(&upload.format) else {
+            return ("unknown", Err("unknown document format".into()));
+        };
+        (format.as_str(), self.import(job, format, upload).await)
+    }
+
+    async fn import(&self, job: &QueuedJob, format: Format, upload: StagedUpload) -> Result<String, String> {
+        // A task whose status was lost (memory after a restart, or a Redis
+        // that lost its data) is recorded again, so that it can be polled.
+        if let Ok(None) = self.tasks.get(&job.user, &job.task).await {
+            let _ = self.tasks.create(&job.user, &job.task, &upload.filename).await;
+        }
+        self.step(job, 5, "parsing", format!("parsing the {} file", format.as_str())).await;
+        let size_bytes = upload.content.len() as i64;
+        let (tx, rx) = watch::channel(None);
+        let work = async {
+            let tx = tx;
+            let prepared = isolate::parse_isolated(&self.settings.parser, format, upload.content, &mut |e| {
+                tx.send_replace(Some(match e {
+                    WorkerEvent::Parsing(f) => Stage::Parsing(f),
+                    WorkerEvent::Chunking => Stage::Chunking,
+                }));
+            })
             .await
             .map_err(|e| {
-                tracing::error!(error = %e, "cannot read a staged upload");
-                "the upload could not be read back".to_string()
-            })?
-            .ok_or("the upload is no longer available")?;
-        let format = Format::parse(&upload.format).ok_or("unknown document format")?;
-        self.step(job, 15, "parsing", format!("parsing the {} file", format.as_str())).await;
-        let size_bytes = upload.content.len() as i64;
-        let content = upload.content;
-        let work =
-            tokio::task::spawn_blocking(move || prepare(format, &content, &ChunkSettings::default(), &mut |_| {}));
-        let prepared = match tokio::time::timeout(self.settings.parse_timeout, work).await {
-            Err(_) => return Err("the document took too long to parse".into()),
-            Ok(Err(join)) if join.is_panic() => {
-                tracing::error!(task = %job.task, "parser panicked");
-                return Err("the document could not be parsed (it may be corrupt)".into());
-            }
-            Ok(Err(_)) => return Err("the import was interrupted".into()),
-            Ok(Ok(result)) => result.map_err(|e| e.message)?,
+                metrics::counter!("reportd_import_parse_failures_total", "reason" => e.label()).increment(1);
+                e.to_string()
+            })?;
+            Ok::<_, String>(prepared)
         };
-        self.step(job, 60, "chunking", format!("{} chunks", prepared.chunks.len())).await;
+        let (prepared, ()) = tokio::join!(work, self.follow(job, format, rx));
+        let prepared = prepared?;
+        self.step(job, 70, "indexing", format!("indexing {} chunks", prepared.chunks.len())).await;
         let title = Some(upload.title.clone())
             .filter(|t| !t.is_empty())
             .or_else(|| prepared.title.clone())
             .unwrap_or_else(|| file_stem(&upload.filename));
         let doc = Document {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: document_id(&job.user, &job.task),
             user_id: job.user.to_string(),
             title,
             filename: upload.filename.clone(),
@@ -226,13 +457,35 @@ impl ImportService {
             chunk_count: prepared.chunks.len() as i64,
             created_at: now_ms(),
         };
-        self.step(job, 75, "storing", "saving the document").await;
-        self.db.insert_document(&doc, &prepared.chunks).await.map_err(|e| {
+        let total = prepared.chunks.len();
+        let (tx, rx) = watch::channel(None);
+        let store = async {
+            let tx = tx;
+            let mut stored = |n: usize| {
+                tx.send_replace(Some(Stage::Indexing { stored: n, total }));
+            };
+            self.db.insert_document(&doc, &prepared.chunks, &mut stored).await
+        };
+        let (stored, ()) = tokio::join!(store, self.follow(job, format, rx));
+        stored.map_err(|e| {
             tracing::error!(error = %e, "cannot store a document");
             "the document could not be saved".to_string()
         })?;
         Ok(doc.id)
     }
+}
+
+/// What a parse worker produces: the CPU-bound part of an import.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Prepared {
+    pub title: Option<String>,
+    pub chunks: Vec<NewChunk>,
+}
+
+/// The id of the document an import task makes: derived from the task, so
+/// that an import run twice stores one document.
+pub fn document_id(user: &UserId, task: &TaskId) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("reportd:document:{user}:{task}").as_bytes()).to_string()
 }
 
 /// Parsing, chunking and segmenting for search: the CPU-bound part of an
@@ -243,7 +496,12 @@ pub fn prepare(
     settings: &ChunkSettings,
     progress: parse::Progress<'_>,
 ) -> Result<Prepared, ParseError> {
-    let doc = chunk::bound(parse::parse_document(format, bytes, progress)?);
+    chunk_document(parse::parse_document(format, bytes, progress)?, settings)
+}
+
+/// The second half of [`prepare`]: bounding, chunking and segmenting a parsed document.
+pub fn chunk_document(doc: parse::ParsedDocument, settings: &ChunkSettings) -> Result<Prepared, ParseError> {
+    let doc = chunk::bound(doc);
     let chunks: Vec<NewChunk> = chunk::chunk(&doc, settings)
         .into_iter()
         .map(|c| NewChunk {

@@ -16,7 +16,7 @@
 //! | Redis down, `error` | 503 | 503 |
 //! | Redis down, `readonly` | memory | 503 |
 //!
-//! The typed stores (e.g. [`crate::tasks::TaskStatusStore`]) only say *what*
+//! The typed stores (e.g. [`crate::stores::tasks::TaskStatusStore`]) only say *what*
 //! to do with a [`Backend`]; this module says *which* backend does it.
 
 pub mod backend;
@@ -163,6 +163,17 @@ impl StateLayer {
                 }
             }
             _ => Route::Memory,
+        }
+    }
+
+    /// The Redis client when `feature` is served by Redis right now (its
+    /// flags are on and Redis is reachable), for the stores whose Redis form
+    /// has no memory twin (the import stream: its fallback is an in-process
+    /// queue, chosen by the store).
+    pub fn redis_for(&self, feature: Feature) -> Option<&Arc<RedisBackend>> {
+        match self.route(feature) {
+            Route::Redis => self.redis.as_ref(),
+            _ => None,
         }
     }
 

@@ -56,6 +56,8 @@ impl CircuitBreaker {
 }
 
 pub struct RedisBackend {
+    client: redis::Client,
+    settings: RedisSettings,
     conn: ConnectionManager,
     breaker: CircuitBreaker,
     command_timeout: Duration,
@@ -85,14 +87,37 @@ impl RedisBackend {
     pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| anyhow::anyhow!("invalid Redis connection settings: {e}"))?;
+        let conn = Self::manager(&client, settings, Some(settings.command_timeout))
+            .map_err(|e| anyhow::anyhow!("cannot create the Redis client: {e}"))?;
+        Ok(Self {
+            client,
+            settings: settings.clone(),
+            conn,
+            breaker: CircuitBreaker::default(),
+            command_timeout: settings.command_timeout,
+        })
+    }
+
+    fn manager(
+        client: &redis::Client,
+        settings: &RedisSettings,
+        response_timeout: Option<Duration>,
+    ) -> redis::RedisResult<ConnectionManager> {
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(1)
             .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.command_timeout))
+            .set_response_timeout(response_timeout)
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| anyhow::anyhow!("cannot create the Redis client: {e}"))?;
-        Ok(Self { conn, breaker: CircuitBreaker::default(), command_timeout: settings.command_timeout })
+        ConnectionManager::new_lazy_with_config(client.clone(), config)
+    }
+
+    /// A connection of its own for blocking reads (`XREADGROUP BLOCK`), which
+    /// would hold up every other command on a shared connection and outlast
+    /// the normal command timeout (NOTES.md).
+    pub fn blocking_reader(&self, block: Duration) -> Result<StreamReader, BackendError> {
+        let conn = Self::manager(&self.client, &self.settings, Some(block + self.command_timeout))
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        Ok(StreamReader { conn, block })
     }
 
     /// True unless the breaker is open.
@@ -143,6 +168,113 @@ impl RedisBackend {
         }
     }
 
+    // Streams with a consumer group (the import queue).
+
+    /// Adds an entry to the stream `key` unless it already holds `max_len`
+    /// live entries (`Ok(None)`: the queue is full), creating the stream and
+    /// its consumer `group` if needed, and refreshing the stream's TTL.
+    pub async fn stream_add(
+        &self,
+        key: &Key,
+        group: &str,
+        fields: &[(&str, &str)],
+        max_len: u64,
+        ttl: Duration,
+    ) -> Result<Option<String>, BackendError> {
+        let k = key.as_str().to_owned();
+        let group = group.to_owned();
+        let fields: Vec<String> = fields.iter().flat_map(|(f, v)| [f.to_string(), v.to_string()]).collect();
+        self.call(|mut c| async move {
+            let mut inv = STREAM_ADD.key(k);
+            inv.arg(group).arg(max_len).arg(millis(ttl));
+            for f in &fields {
+                inv.arg(f);
+            }
+            inv.invoke_async(&mut c).await
+        })
+        .await
+    }
+
+    /// Creates the stream `key` (empty) and its consumer `group` if missing,
+    /// with a TTL.
+    pub async fn stream_create_group(&self, key: &Key, group: &str, ttl: Duration) -> Result<(), BackendError> {
+        let k = key.as_str().to_owned();
+        let group = group.to_owned();
+        self.call(|mut c| async move {
+            let mut inv = STREAM_CREATE_GROUP.key(k);
+            inv.arg(group).arg(millis(ttl));
+            inv.invoke_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    /// Takes over at most `count` entries that their consumers have not
+    /// touched for `min_idle` (their worker died), for `consumer`.
+    pub async fn stream_autoclaim(
+        &self,
+        key: &Key,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, BackendError> {
+        let k = key.as_str().to_owned();
+        let (group_name, consumer) = (group.to_owned(), consumer.to_owned());
+        let reply: redis::streams::StreamAutoClaimReply = self
+            .call(|mut c| async move {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&k)
+                    .arg(&group_name)
+                    .arg(&consumer)
+                    .arg(millis(min_idle))
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if !reply.deleted_ids.is_empty() {
+            // Pending entries whose data is gone cannot be run: forget them.
+            for id in &reply.deleted_ids {
+                let _ = self.stream_done(key, group, id).await;
+            }
+        }
+        Ok(reply.claimed.iter().map(StreamEntry::from).collect())
+    }
+
+    /// The heartbeat of a running entry: resets its idle time, so that no
+    /// other instance takes it over while its worker lives.
+    pub async fn stream_touch(&self, key: &Key, group: &str, consumer: &str, id: &str) -> Result<(), BackendError> {
+        let k = key.as_str().to_owned();
+        let (group, consumer, id) = (group.to_owned(), consumer.to_owned(), id.to_owned());
+        self.call(|mut c| async move {
+            redis::cmd("XCLAIM")
+                .arg(&k)
+                .arg(&group)
+                .arg(&consumer)
+                .arg(0)
+                .arg(&id)
+                .arg("JUSTID")
+                .query_async::<redis::Value>(&mut c)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Acknowledges an entry and deletes it: the job has ended.
+    pub async fn stream_done(&self, key: &Key, group: &str, id: &str) -> Result<(), BackendError> {
+        let k = key.as_str().to_owned();
+        let (group, id) = (group.to_owned(), id.to_owned());
+        self.call(|mut c| async move {
+            let mut pipe = redis::pipe();
+            pipe.atomic().xack(&k, &group, &[&id]).ignore().xdel(&k, &[&id]).ignore();
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
     // Hash commands, used only for the flags hash (configuration, no TTL).
 
     pub async fn hgetall(&self, key: &Key) -> Result<HashMap<String, String>, BackendError> {
@@ -166,6 +298,102 @@ impl RedisBackend {
         })
         .await
     }
+}
+
+/// `XADD` with a bound and a TTL, in one step: the length check and the
+/// add cannot be separated by another instance's add, and the stream never
+/// exists without a TTL. The group is created with the stream (`MKSTREAM`);
+/// `BUSYGROUP` means it exists. `ARGV`: group, max length, TTL in ms, then
+/// field/value pairs. Returns the entry id, or false when the stream is full.
+const STREAM_ADD_LUA: &str = r#"
+local ok = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(ok) == 'table' and ok.err and not string.find(ok.err, 'BUSYGROUP') then
+  return redis.error_reply(ok.err)
+end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return false
+end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return id
+"#;
+
+/// The group creation of [`STREAM_ADD_LUA`] alone. `ARGV`: group, TTL in ms.
+const STREAM_CREATE_GROUP_LUA: &str = r#"
+local ok = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(ok) == 'table' and ok.err and not string.find(ok.err, 'BUSYGROUP') then
+  return redis.error_reply(ok.err)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return true
+"#;
+
+static STREAM_CREATE_GROUP: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(STREAM_CREATE_GROUP_LUA));
+
+static STREAM_ADD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(STREAM_ADD_LUA));
+
+/// One stream entry: its id and its fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: String,
+    pub fields: HashMap<String, String>,
+}
+
+impl From<&redis::streams::StreamId> for StreamEntry {
+    fn from(s: &redis::streams::StreamId) -> Self {
+        let fields = s
+            .map
+            .iter()
+            .filter_map(|(k, v)| redis::from_redis_value_ref::<String>(v).ok().map(|v| (k.clone(), v)))
+            .collect();
+        Self { id: s.id.clone(), fields }
+    }
+}
+
+/// A dedicated connection for blocking stream reads ([`RedisBackend::blocking_reader`]).
+pub struct StreamReader {
+    conn: ConnectionManager,
+    block: Duration,
+}
+
+impl StreamReader {
+    /// Waits (at most the block time) for one new entry for `consumer`.
+    /// A missing stream or group (`NOGROUP`: the stream expired, or Redis
+    /// lost its data) is reported as [`ReadError::NoGroup`], so that the
+    /// caller can recreate it.
+    pub async fn read_one(&mut self, key: &Key, group: &str, consumer: &str) -> Result<Option<StreamEntry>, ReadError> {
+        let reply: redis::RedisResult<Option<redis::streams::StreamReadReply>> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(millis(self.block))
+            .arg("STREAMS")
+            .arg(key.as_str())
+            .arg(">")
+            .query_async(&mut self.conn)
+            .await;
+        match reply {
+            Ok(reply) => Ok(reply.and_then(|r| r.keys.into_iter().next()).and_then(|k| k.ids.first().map(StreamEntry::from))),
+            Err(e) if e.code() == Some("NOGROUP") => Err(ReadError::NoGroup),
+            Err(e) => Err(ReadError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+/// Why a blocking stream read returned nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the stream or its consumer group does not exist")]
+    NoGroup,
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
 }
 
 fn millis(d: Duration) -> u64 {

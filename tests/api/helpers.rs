@@ -164,6 +164,8 @@ impl Settings {
         s.insert("APP_ENV".into(), "test".into());
         s.insert("REDIS_HEALTH_INTERVAL_MS".into(), "100".into());
         s.insert("FLAGS_REFRESH_MS".into(), "200".into());
+        // In-process apps run in the test binary: parse workers are the real binary.
+        s.insert("IMPORT_PARSER_EXE".into(), binary().into());
         Self(s)
     }
 

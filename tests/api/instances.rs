@@ -179,7 +179,9 @@ async fn a_dotenv_file_is_read() {
     let token = p.client.user("dotenv").await;
     let task = p.client.imported(&token).await;
     let keys = redis.keys_with_ttl().await;
-    let key = keys.keys().next().expect("one key");
-    assert!(key.starts_with("fromdotenv:test:task:import:"), "{key}");
-    assert!(key.ends_with(&task));
+    let names: Vec<&String> = keys.keys().collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names[0], "fromdotenv:test:queue:import");
+    assert!(names[1].starts_with("fromdotenv:test:task:import:"), "{names:?}");
+    assert!(names[1].ends_with(&task));
 }

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use reportd::ids::{TaskId, UserId};
 use reportd::keys::KeySpace;
 use reportd::state::{Backend, FallbackMode, Flags, MemoryBackend, RedisBackend, RedisSettings, StateLayer};
-use reportd::tasks::{TASK_TRANSITION, TaskPatch, TaskRecord, TaskStatus, TaskStatusStore, Transition};
+use reportd::stores::tasks::{TASK_TRANSITION, TaskPatch, TaskRecord, TaskStatus, TaskStatusStore, Transition};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, TestRedis, eventually, sample_text};
@@ -41,7 +41,9 @@ fn is_uuid_like(s: &str) -> bool {
     s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
-/// Every key written follows the exact template and carries a 24 h TTL.
+/// Every key written follows the exact template and carries a TTL: 24 h for
+/// task status, 7 days for the import stream (which is empty once every
+/// import has ended: finished jobs are acknowledged and deleted).
 #[tokio::test]
 async fn keys_match_the_templates_and_carry_a_ttl() {
     let redis = TestRedis::start().await;
@@ -56,7 +58,12 @@ async fn keys_match_the_templates_and_carry_a_ttl() {
             expected.push(format!("langextract:test:task:import:{user}:{task}"));
         }
     }
-    let keys = redis.keys_with_ttl().await;
+    let mut keys = redis.keys_with_ttl().await;
+    let stream_ttl = keys.remove("langextract:test:queue:import").expect("the import stream");
+    assert!(stream_ttl > (7 * 86_400 - 120) * 1000 && stream_ttl <= 7 * 86_400 * 1000, "stream TTL {stream_ttl}");
+    let mut conn = redis.conn().await;
+    let len: u64 = redis::cmd("XLEN").arg("langextract:test:queue:import").query_async(&mut conn).await.unwrap();
+    assert_eq!(len, 0, "finished jobs leave the stream");
     assert_eq!(keys.keys().cloned().collect::<Vec<_>>(), {
         expected.sort();
         expected

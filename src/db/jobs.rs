@@ -1,0 +1,266 @@
+//! Staged uploads, which are also the durable record of every import job.
+//!
+//! An accepted upload is stored here until its import has ended for good;
+//! its row says which queue dispatches it (`redis`: the shared stream,
+//! `local`: one instance's in-process queue), who holds it (`claimed_by`, an
+//! instance id) and until when (`lease_until`, renewed by the holder's
+//! heartbeat), and how many times it was started (`attempts`).
+//!
+//! The lease is the one authority on who runs a job: a worker runs a job
+//! only after [`Database::claim_job`] succeeded, which it can only do while
+//! nobody else holds a live lease. Queues may deliver a job twice (a stream
+//! entry claimed by two instances, a sweep that races a delivery): the claim
+//! makes that harmless. A job whose holder died is found by
+//! [`Database::orphaned_jobs`] once its lease has run out.
+
+use sqlx::FromRow;
+
+use super::Database;
+use crate::ids::{TaskId, UserId};
+
+/// An upload waiting for (or being processed by) its import job.
+#[derive(Debug, Clone, FromRow)]
+pub struct StagedUpload {
+    pub task_id: String,
+    pub user_id: String,
+    pub filename: String,
+    pub title: String,
+    pub format: String,
+    pub content: Vec<u8>,
+    pub created_at: i64,
+}
+
+/// Which queue dispatches a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobQueue {
+    /// The shared Redis stream: any instance's worker may take it.
+    Redis,
+    /// The in-process queue of the instance that holds it.
+    Local,
+}
+
+impl JobQueue {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// The outcome of [`Database::claim_job`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker holds the job now; it is its `attempts`-th start.
+    Claimed { attempts: i64 },
+    /// Another live worker holds it.
+    Held,
+    /// The job has ended (its upload is gone).
+    Gone,
+}
+
+/// A job found by a sweep.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct JobRef {
+    pub user_id: String,
+    pub task_id: String,
+}
+
+impl Database {
+    /// Stages an upload as a job of `queue`, held by `holder` until
+    /// `lease_until` when given (local jobs are held by the instance whose
+    /// queue has them; stream jobs by nobody until a worker claims them).
+    pub async fn stage_upload(
+        &self,
+        upload: &StagedUpload,
+        queue: JobQueue,
+        holder: Option<(&str, i64)>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO staged_uploads \
+             (task_id, user_id, filename, title, format, content, created_at, queue, claimed_by, lease_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&upload.task_id)
+        .bind(&upload.user_id)
+        .bind(&upload.filename)
+        .bind(&upload.title)
+        .bind(&upload.format)
+        .bind(&upload.content)
+        .bind(upload.created_at)
+        .bind(queue.as_str())
+        .bind(holder.map(|(h, _)| h.to_owned()))
+        .bind(holder.map_or(0, |(_, until)| until))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Moves a job to another queue (a stream job whose enqueue failed goes
+    /// to the local queue of `holder`).
+    pub async fn requeue_job(
+        &self,
+        user: &UserId,
+        task: &TaskId,
+        queue: JobQueue,
+        holder: Option<(&str, i64)>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE staged_uploads SET queue = $1, claimed_by = $2, lease_until = $3 \
+             WHERE user_id = $4 AND task_id = $5",
+        )
+        .bind(queue.as_str())
+        .bind(holder.map(|(h, _)| h.to_owned()))
+        .bind(holder.map_or(0, |(_, until)| until))
+        .bind(user.as_str())
+        .bind(task.as_str())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn staged_upload(&self, user: &UserId, task: &TaskId) -> Result<Option<StagedUpload>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT task_id, user_id, filename, title, format, content, created_at FROM staged_uploads \
+             WHERE user_id = $1 AND task_id = $2",
+        )
+        .bind(user.as_str())
+        .bind(task.as_str())
+        .fetch_optional(self.pool())
+        .await
+    }
+
+    /// Takes the job for `me` until `lease_until` if nobody else holds a live
+    /// lease on it (`now` decides what is live), counting one more attempt.
+    pub async fn claim_job(
+        &self,
+        user: &UserId,
+        task: &TaskId,
+        me: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Claim, sqlx::Error> {
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE staged_uploads SET claimed_by = $1, lease_until = $2, attempts = attempts + 1 \
+             WHERE user_id = $3 AND task_id = $4 AND (claimed_by IS NULL OR claimed_by = $1 OR lease_until < $5) \
+             RETURNING attempts",
+        )
+        .bind(me)
+        .bind(lease_until)
+        .bind(user.as_str())
+        .bind(task.as_str())
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        if let Some(attempts) = attempts {
+            return Ok(Claim::Claimed { attempts });
+        }
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT attempts FROM staged_uploads WHERE user_id = $1 AND task_id = $2")
+                .bind(user.as_str())
+                .bind(task.as_str())
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(if exists.is_some() { Claim::Held } else { Claim::Gone })
+    }
+
+    /// The heartbeat of an instance: extends the lease of every job it holds
+    /// (queued locally or running). Returns how many it holds.
+    pub async fn renew_leases(&self, me: &str, lease_until: i64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query("UPDATE staged_uploads SET lease_until = $1 WHERE claimed_by = $2")
+            .bind(lease_until)
+            .bind(me)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Lets go of one job, so that any instance may take it at once.
+    pub async fn release_job(&self, user: &UserId, task: &TaskId, me: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE staged_uploads SET claimed_by = NULL, lease_until = 0 \
+             WHERE user_id = $1 AND task_id = $2 AND claimed_by = $3",
+        )
+        .bind(user.as_str())
+        .bind(task.as_str())
+        .bind(me)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Lets go of every job `me` holds (on shutdown).
+    pub async fn release_jobs(&self, me: &str) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query("UPDATE staged_uploads SET claimed_by = NULL, lease_until = 0 WHERE claimed_by = $1")
+            .bind(me)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Jobs that nobody runs and no queue will deliver: held by an instance
+    /// whose lease ran out (it died), or local jobs let go of; with
+    /// `include_stream`, also stream jobs nobody holds (while the stream
+    /// cannot deliver them). Oldest first.
+    pub async fn orphaned_jobs(&self, now: i64, include_stream: bool, limit: i64) -> Result<Vec<JobRef>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT user_id, task_id FROM staged_uploads \
+             WHERE lease_until < $1 AND (claimed_by IS NOT NULL OR queue = 'local' OR $2 = 1) \
+             ORDER BY created_at LIMIT $3",
+        )
+        .bind(now)
+        .bind(i64::from(include_stream))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// Takes an orphaned job (see [`Self::orphaned_jobs`]) into `me`'s local
+    /// queue, if it is still orphaned: true when this instance has it now.
+    pub async fn adopt_job(
+        &self,
+        user: &UserId,
+        task: &TaskId,
+        me: &str,
+        now: i64,
+        lease_until: i64,
+        include_stream: bool,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE staged_uploads SET queue = 'local', claimed_by = $1, lease_until = $2 \
+             WHERE user_id = $3 AND task_id = $4 AND lease_until < $5 \
+             AND (claimed_by IS NOT NULL OR queue = 'local' OR $6 = 1)",
+        )
+        .bind(me)
+        .bind(lease_until)
+        .bind(user.as_str())
+        .bind(task.as_str())
+        .bind(now)
+        .bind(i64::from(include_stream))
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Stream jobs that no worker holds: after Redis lost its stream (a
+    /// restart without persistence), they are added to it again.
+    pub async fn unclaimed_stream_jobs(&self, limit: i64) -> Result<Vec<JobRef>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT user_id, task_id FROM staged_uploads WHERE queue = 'redis' AND claimed_by IS NULL \
+             ORDER BY created_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// Ends a job for good: its upload is no longer needed.
+    pub async fn drop_staged_upload(&self, user: &UserId, task: &TaskId) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM staged_uploads WHERE user_id = $1 AND task_id = $2")
+            .bind(user.as_str())
+            .bind(task.as_str())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}

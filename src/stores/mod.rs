@@ -1,0 +1,13 @@
+//! The typed stores: each kind of state the service keeps, saying *what* to
+//! do with it, while [`crate::state`] alone decides *where* (Redis or process
+//! memory, per the flags and Redis's health).
+//!
+//! - [`tasks`]: import task status, a state machine enforced atomically in
+//!   both backends.
+//! - [`import_queue`]: the import job queue: a Redis stream with a consumer
+//!   group when task status is served by Redis, else this instance's bounded
+//!   in-process queue. The durable record of each job is its staged upload in
+//!   SQL ([`crate::db::jobs`]).
+
+pub mod import_queue;
+pub mod tasks;
