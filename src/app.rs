@@ -103,6 +103,7 @@ impl App {
             },
             background.clone(),
         );
+        imports.recover_statuses().await;
         tracing::info!(
             redis_configured = state.redis().is_some(),
             features = ?state.all_feature_status(),

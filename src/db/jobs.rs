@@ -66,6 +66,15 @@ pub struct JobRef {
     pub task_id: String,
 }
 
+/// A job not yet ended, as [`Database::pending_jobs`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct PendingJob {
+    pub user_id: String,
+    pub task_id: String,
+    pub filename: String,
+    pub created_at: i64,
+}
+
 impl Database {
     /// Stages an upload as a job of `queue`, held by `holder` until
     /// `lease_until` when given (local jobs are held by the instance whose
@@ -198,14 +207,15 @@ impl Database {
         Ok(done.rows_affected())
     }
 
-    /// Jobs that nobody runs and no queue will deliver: held by an instance
-    /// whose lease ran out (it died), or local jobs let go of; with
-    /// `include_stream`, also stream jobs nobody holds (while the stream
-    /// cannot deliver them). Oldest first.
+    /// Jobs that nobody runs and no queue will deliver: local jobs whose
+    /// holder's lease ran out (it died) or that were let go of; with
+    /// `include_stream`, also stream jobs whose lease ran out (while the
+    /// stream cannot deliver them; otherwise the stream's own take-over
+    /// handles them). Oldest first.
     pub async fn orphaned_jobs(&self, now: i64, include_stream: bool, limit: i64) -> Result<Vec<JobRef>, sqlx::Error> {
         sqlx::query_as(
             "SELECT user_id, task_id FROM staged_uploads \
-             WHERE lease_until < $1 AND (claimed_by IS NOT NULL OR queue = 'local' OR $2 = 1) \
+             WHERE lease_until < $1 AND (queue = 'local' OR $2 = 1) \
              ORDER BY created_at LIMIT $3",
         )
         .bind(now)
@@ -229,7 +239,7 @@ impl Database {
         let done = sqlx::query(
             "UPDATE staged_uploads SET queue = 'local', claimed_by = $1, lease_until = $2 \
              WHERE user_id = $3 AND task_id = $4 AND lease_until < $5 \
-             AND (claimed_by IS NOT NULL OR queue = 'local' OR $6 = 1)",
+             AND (queue = 'local' OR $6 = 1)",
         )
         .bind(me)
         .bind(lease_until)
@@ -240,6 +250,16 @@ impl Database {
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Every job not yet ended (at most `limit`), oldest first.
+    pub async fn pending_jobs(&self, limit: i64) -> Result<Vec<PendingJob>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT user_id, task_id, filename, created_at FROM staged_uploads ORDER BY created_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
     }
 
     /// Stream jobs that no worker holds: after Redis lost its stream (a

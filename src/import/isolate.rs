@@ -9,8 +9,8 @@
 //! ([`Message`]) from its standard output: progress while it parses, then
 //! the result. The child runs under
 //!
-//! - a memory limit (`RLIMIT_AS`, `IMPORT_PARSE_MEMORY_MB`): an allocation past
-//!   it fails and the child aborts;
+//! - a memory limit (`RLIMIT_DATA`, `IMPORT_PARSE_MEMORY_MB`): an allocation
+//!   past it fails and the child aborts;
 //! - a wall-clock limit (`IMPORT_PARSE_TIMEOUT_SECONDS`): the parent kills it
 //!   (SIGKILL) when it passes; `RLIMIT_CPU` backs this up;
 //! - its parent's life: it is killed when the service dies
@@ -112,10 +112,8 @@ pub async fn parse_isolated(
         .arg(config.chunk.overlap.to_string())
         .arg(bytes.len().to_string())
         // The worker needs nothing from the service's environment (secrets
-        // included); one malloc arena keeps its address space, which the
-        // memory limit counts, close to what it really uses.
+        // included).
         .env_clear()
-        .env("MALLOC_ARENA_MAX", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -219,7 +217,10 @@ impl Limits {
             }
             Ok(())
         }
-        set(libc::RLIMIT_AS, self.memory_bytes)?;
+        // RLIMIT_DATA counts what the parser allocates (heap and anonymous
+        // mappings) but not the mapped binary, so the limit means the same
+        // for a debug and a release build.
+        set(libc::RLIMIT_DATA, self.memory_bytes)?;
         set(libc::RLIMIT_CPU, self.cpu_seconds)?;
         set(libc::RLIMIT_CORE, 0)?;
         // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number only.

@@ -163,6 +163,32 @@ impl ImportService {
         this
     }
 
+    /// Makes every job that has not ended pollable again: after a restart
+    /// on process memory (or a Redis that lost its data) its task status is
+    /// gone, but its staged upload in SQL says it exists; it is recorded as
+    /// queued until a worker resumes it.
+    pub async fn recover_statuses(&self) {
+        let jobs = match self.db.pending_jobs(100_000).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list unfinished imports");
+                return;
+            }
+        };
+        let mut recovered = 0;
+        for job in jobs {
+            let (Ok(user), Ok(task)) = (UserId::parse(&job.user_id), TaskId::parse(&job.task_id)) else { continue };
+            if let Ok(None) = self.tasks.get(&user, &task).await
+                && self.tasks.create_at(&user, &task, &job.filename, job.created_at).await.is_ok()
+            {
+                recovered += 1;
+            }
+        }
+        if recovered > 0 {
+            tracing::info!(tasks = recovered, "unfinished imports found at start: they will be resumed");
+        }
+    }
+
     fn lease_until(&self) -> i64 {
         now_ms() + millis(self.settings.heartbeat_timeout)
     }
@@ -420,7 +446,7 @@ impl ImportService {
         // A task whose status was lost (memory after a restart, or a Redis
         // that lost its data) is recorded again, so that it can be polled.
         if let Ok(None) = self.tasks.get(&job.user, &job.task).await {
-            let _ = self.tasks.create(&job.user, &job.task, &upload.filename).await;
+            let _ = self.tasks.create_at(&job.user, &job.task, &upload.filename, upload.created_at).await;
         }
         self.step(job, 5, "parsing", format!("parsing the {} file", format.as_str())).await;
         let size_bytes = upload.content.len() as i64;

@@ -29,28 +29,26 @@ impl Format {
     pub fn parse(s: &str) -> Option<Self> {
         [Self::Txt, Self::Md, Self::Html, Self::Docx, Self::Pdf].into_iter().find(|f| f.as_str() == s)
     }
-
-    /// Formats this build can import.
-    pub fn is_importable(self) -> bool {
-        matches!(self, Self::Txt | Self::Md)
-    }
 }
 
 /// Why an upload was refused before it became a task (415).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unsupported {
-    #[error("files of type .{0} are not supported (txt, md)")]
+    #[error("files of type .{0} are not supported (txt, md, html, docx, pdf)")]
     Extension(String),
     #[error("the file's content is {found}, which does not match its name")]
     Mismatch { found: &'static str },
-    #[error("{0} files cannot be imported yet (txt, md)")]
-    NotYet(&'static str),
+    #[error("the file is named .{0} but its content is not a {0} file")]
+    NotThatFormat(&'static str),
     #[error("the file is not a supported document (its content looks binary)")]
     Binary,
 }
 
 fn extension(filename: &str) -> Option<String> {
     let name = filename.rsplit(['/', '\\']).next().unwrap_or(filename);
+    // Windows drops trailing dots and spaces from names: `x.txt ` and
+    // `x.txt.` are `x.txt` there, and are judged so here.
+    let name = name.trim_end_matches([' ', '.']);
     let (stem, ext) = name.rsplit_once('.')?;
     (!stem.is_empty()).then(|| ext.to_ascii_lowercase())
 }
@@ -87,13 +85,15 @@ pub fn sniff(filename: &str, bytes: &[u8]) -> Result<Format, Unsupported> {
         (Some(found), by_name) if found != by_name => {
             return Err(Unsupported::Mismatch { found: found.as_str() });
         }
+        // A binary format is recognised by its signature, not by its name
+        // alone (an empty file is let through: its task fails as empty).
+        (None, Format::Pdf | Format::Docx) if !bytes.is_empty() => {
+            return Err(Unsupported::NotThatFormat(by_name.as_str()));
+        }
         (_, by_name) => by_name,
     };
-    if matches!(format, Format::Txt | Format::Md) && super::decode::looks_binary(bytes) {
+    if matches!(format, Format::Txt | Format::Md | Format::Html) && super::decode::looks_binary(bytes) {
         return Err(Unsupported::Binary);
-    }
-    if !format.is_importable() {
-        return Err(Unsupported::NotYet(format.as_str()));
     }
     Ok(format)
 }
@@ -177,5 +177,15 @@ mod tests {
         assert_eq!(sniff("a.md", b"PK\x03\x04...."), Err(Unsupported::Mismatch { found: "docx" }));
         assert!(matches!(sniff("a.exe", b"MZ"), Err(Unsupported::Extension(_))));
         assert_eq!(sniff("a.txt", b"\x00\x01\x02\x03binary"), Err(Unsupported::Binary));
+        assert_eq!(sniff("a.pdf", b"%PDF-1.4"), Ok(Format::Pdf));
+        assert_eq!(sniff("a.docx", b"PK\x03\x04rest"), Ok(Format::Docx));
+        assert_eq!(sniff("page.htm", b"<p>x</p>"), Ok(Format::Html));
+        assert_eq!(sniff("x.txt ", b"hello"), Ok(Format::Txt), "a trailing space is ignored");
+        assert_eq!(sniff("x.md.", b"# hi"), Ok(Format::Md), "a trailing dot is ignored");
+        assert_eq!(sniff("x.pdf . ", b"%PDF-1.7"), Ok(Format::Pdf));
+        assert!(matches!(sniff("x.exe ", b"MZ"), Err(Unsupported::Extension(_))));
+        assert_eq!(sniff("a.pdf", b"just text"), Err(Unsupported::NotThatFormat("pdf")));
+        assert_eq!(sniff("a.docx", b"\xd0\xcf\x11\xe0 an old .doc"), Err(Unsupported::NotThatFormat("docx")));
+        assert_eq!(sniff("empty.pdf", b""), Ok(Format::Pdf), "an empty file becomes a task that fails as empty");
     }
 }

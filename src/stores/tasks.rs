@@ -246,6 +246,18 @@ impl TaskStatusStore {
 
     /// Records a new task as `pending`.
     pub async fn create(&self, user: &UserId, task: &TaskId, filename: &str) -> Result<TaskRecord, StateError> {
+        self.create_at(user, task, filename, now_ms()).await
+    }
+
+    /// Records a task created at `created_at` (Unix ms) as `pending`, unless
+    /// it exists: used to make an unfinished import pollable again.
+    pub async fn create_at(
+        &self,
+        user: &UserId,
+        task: &TaskId,
+        filename: &str,
+        created_at: i64,
+    ) -> Result<TaskRecord, StateError> {
         let now = now_ms();
         let record = TaskRecord {
             task_id: task.clone(),
@@ -256,7 +268,7 @@ impl TaskStatusStore {
             document_id: None,
             error: None,
             filename: filename.to_owned(),
-            created_at: now,
+            created_at,
             updated_at: now,
         };
         let json = serde_json::to_string(&record).expect("a task record always serialises");

@@ -4,6 +4,7 @@
 
 mod auth;
 mod corpus;
+mod durability;
 mod helpers;
 mod imports;
 mod instances;
