@@ -397,10 +397,11 @@ impl Font {
             if let Some(Object::Array(w)) = get(doc, cid_font, b"W") {
                 read_cid_widths(doc, w, &mut widths);
             }
-            // Only an Identity font without a complete map needs the font program.
+            // Only an Identity font without a map needs the font program (inverting a large
+            // CJK font's tables is not free, so a font with a ToUnicode map skips it).
             let identity = matches!(source, CodeSource::Predefined(Predefined::Identity))
                 || matches!(&source, CodeSource::Embedded(c) if c.parent.is_none());
-            if identity {
+            if identity && to_unicode.is_none() {
                 cid_texts = embedded_cid_texts(doc, cid_font);
             }
         }

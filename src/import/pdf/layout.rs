@@ -107,10 +107,7 @@ fn build_lines(page: &PageContent, quadrant: usize, glyphs: &[&Glyph]) -> Vec<Li
             let gap = x - line.x1;
             let same_baseline = (y - line.y).abs() <= 0.5 * em;
             if same_baseline && gap >= -0.5 * em && gap <= MAX_JOIN_GAP * em {
-                if gap > WORD_GAP * em.min(size.max(line.size * 0.5))
-                    && !line.text.ends_with(' ')
-                    && !text.starts_with(' ')
-                {
+                if gap > WORD_GAP * em && !line.text.ends_with(' ') && !text.starts_with(' ') {
                     line.text.push(' ');
                 }
                 line.text.push_str(text);

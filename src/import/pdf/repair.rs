@@ -87,7 +87,7 @@ fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// The last `key N G R` in the file, as `N G R` text.
-fn last_reference(bytes: &[u8], key: &[u8]) -> Option<String> {
+pub(super) fn last_reference(bytes: &[u8], key: &[u8]) -> Option<String> {
     let mut end = bytes.len();
     while let Some(at) = rfind(&bytes[..end], key) {
         end = at;
