@@ -136,6 +136,9 @@ fn extract(doc: &Document, progress: Progress<'_>) -> Result<ParsedDocument, Par
     for (i, page) in pages.into_iter().enumerate() {
         let content = interpreter.page(page);
         damaged |= content.damaged;
+        if content.truncated {
+            tracing::warn!(page = i + 1, "pdf page cut short: it has more content than the import reads");
+        }
         let text = normalize(&layout::page_text(&content));
         if !text.is_empty() {
             sections.push(Section { headings: Vec::new(), text });
@@ -667,6 +670,31 @@ mod tests {
         let truncated = inflate(&compressed[..n / 2], 1 << 20).unwrap();
         assert!(!truncated.is_empty() && content.starts_with(&truncated));
         assert_eq!(inflate(&compressed, 10).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn a_fan_out_of_forms_is_cut_short() {
+        // Each form draws the next one ten times: 10^9 leaf draws if nothing stopped it.
+        let mut objects = vec![
+            obj("<< /Type /Catalog /Pages 2 0 R >>"),
+            obj("<< /Type /Pages /Kids [3 0 R] /Count 1 >>"),
+            obj(
+                "<< /Type /Page /Parent 2 0 R /Resources << /XObject << /X 5 0 R >> /Font << /F1 4 0 R >> >> /Contents 14 0 R >>",
+            ),
+            obj("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"),
+        ];
+        for level in 0..9 {
+            let next = 5 + level + 1;
+            let body = if level == 8 { b"BT /F1 9 Tf (leaf) Tj ET".to_vec() } else { b"/X Do ".repeat(10) };
+            let resources = format!("/Resources << /XObject << /X {next} 0 R >> /Font << /F1 4 0 R >> >>");
+            objects.push(stream(&format!("/Type /XObject /Subtype /Form /BBox [0 0 10 10] {resources}"), &body));
+        }
+        objects.push(stream("", b"BT /F1 12 Tf 72 700 Td (Top of the page) Tj ET /X Do"));
+        let pdf = build_pdf(&objects, None);
+        let started = std::time::Instant::now();
+        let doc = parse_all(&pdf).unwrap();
+        assert!(doc.sections[0].text.starts_with("Top of the page"));
+        assert!(started.elapsed().as_secs() < 120, "{:?}", started.elapsed());
     }
 
     #[test]

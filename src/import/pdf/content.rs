@@ -19,10 +19,14 @@ use super::{get, get_name, resolve, stream_data};
 const MAX_FORM_DEPTH: usize = 12;
 /// `q` nesting deeper than this is ignored (the state is not saved).
 const MAX_SAVE_DEPTH: usize = 256;
-/// Operators read per page, all content streams and forms together.
-const MAX_OPERATORS: u64 = 20_000_000;
+/// Operators read per page, all content streams and forms together (a dense page of text
+/// has tens of thousands).
+const MAX_OPERATORS: u64 = 5_000_000;
+/// Operators read in the whole document: many pages that each draw the same heavy form must
+/// not add up to hours of work.
+const MAX_DOCUMENT_OPERATORS: u64 = 200_000_000;
 /// Glyphs kept per page.
-const MAX_GLYPHS: usize = 2_000_000;
+const MAX_GLYPHS: usize = 500_000;
 /// Decoded bytes of content per page.
 const MAX_CONTENT_BYTES: usize = 256 << 20;
 /// Bytes of text kept per page.
@@ -148,6 +152,7 @@ pub(super) struct Interpreter<'d> {
     fonts: HashMap<FontKey, Rc<Font>>,
     codes: Vec<Code>,
     operators: u64,
+    document_operators: u64,
     content_bytes: usize,
 }
 
@@ -161,7 +166,7 @@ enum FontKey {
 
 impl<'d> Interpreter<'d> {
     pub(super) fn new(doc: &'d Document) -> Self {
-        Self { doc, fonts: HashMap::new(), codes: Vec::new(), operators: 0, content_bytes: 0 }
+        Self { doc, fonts: HashMap::new(), codes: Vec::new(), operators: 0, document_operators: 0, content_bytes: 0 }
     }
 
     /// Reads one page.
@@ -237,7 +242,11 @@ impl<'d> Interpreter<'d> {
         let mut tlm = Matrix::IDENTITY;
         while let Some(op) = lexer.next_operation(&mut operands) {
             self.operators += 1;
-            if self.operators > MAX_OPERATORS || out.glyphs.len() >= MAX_GLYPHS {
+            self.document_operators += 1;
+            if self.operators > MAX_OPERATORS
+                || self.document_operators > MAX_DOCUMENT_OPERATORS
+                || out.glyphs.len() >= MAX_GLYPHS
+            {
                 out.truncated = true;
                 return;
             }
