@@ -181,10 +181,21 @@ fn cff_builtin_encoding(program: &[u8]) -> Option<HashMap<u8, Vec<u8>>> {
 }
 
 /// Glyph id to text from an embedded TrueType/OpenType program: its Unicode `cmap` inverted,
-/// or else its `post` glyph names.
+/// or else its `post` glyph names (or, for a bare CFF program, its glyph names).
 fn truetype_glyph_texts(program: &[u8]) -> HashMap<u16, String> {
     let mut texts = HashMap::new();
-    let Ok(face) = ttf_parser::RawFace::parse(program, 0) else { return texts };
+    let Ok(face) = ttf_parser::RawFace::parse(program, 0) else {
+        // A bare CFF program (`/FontFile3`): name-keyed ones name their glyphs.
+        if let Some(cff) = ttf_parser::cff::Table::parse(program) {
+            for gid in 0..cff.number_of_glyphs() {
+                if let Some(text) = cff.glyph_name(ttf_parser::GlyphId(gid)).and_then(|n| glyph_name_text(n.as_bytes()))
+                {
+                    texts.insert(gid, text);
+                }
+            }
+        }
+        return texts;
+    };
     if let Some(cmap) = face.table(ttf_parser::Tag::from_bytes(b"cmap")).and_then(ttf_parser::cmap::Table::parse) {
         for subtable in cmap.subtables {
             let symbol = subtable.platform_id == ttf_parser::PlatformId::Windows && subtable.encoding_id == 0;
@@ -249,8 +260,6 @@ impl Font {
             Some(Object::Dictionary(d)) => Some(d),
             _ => None,
         };
-        let flags = descriptor.and_then(|d| get_number(doc, d, b"Flags")).unwrap_or(0.0) as u32;
-        let symbolic = flags & 4 != 0 && flags & 32 == 0;
 
         // The base table: the named encoding, else the font's own, else StandardEncoding
         // (WinAnsi for TrueType, whose built-in encoding is usually that).
@@ -279,10 +288,12 @@ impl Font {
         } else {
             None
         };
-        let table: Option<&[u16; 256]> = named_base.or(match (subtype, symbolic) {
+        let table: Option<&[u16; 256]> = named_base.or(match subtype {
+            // A built-in encoding is complete: codes it leaves out have no character.
             _ if builtin.is_some() => None,
-            (b"TrueType", _) => Some(&WIN_ANSI),
-            (b"Type3", _) => None,
+            b"TrueType" => Some(&WIN_ANSI),
+            // Type 3 fonts have no built-in encoding; only /Differences names their glyphs.
+            b"Type3" => None,
             _ if base.starts_with("Symbol") || base.starts_with("ZapfDingbats") => None,
             _ => Some(&STANDARD),
         });
