@@ -42,7 +42,7 @@ const CORRUPT: &str = "the PDF is damaged and no text could be recovered from it
 /// Parses a pdf file into sections, one per page that has text.
 pub fn parse(bytes: &[u8], progress: Progress<'_>) -> Result<ParsedDocument, ParseError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ParseError::new(ParseErrorKind::Empty, "the PDF file is empty (0 bytes)"));
+        return Err(ParseError::new(ParseErrorKind::Empty, "the PDF file is empty (it has no content at all)"));
     }
     let head = &bytes[..bytes.len().min(1024)];
     if !head.windows(5).any(|w| w == b"%PDF-") && repair::scan_objects(bytes).is_empty() {
