@@ -254,12 +254,10 @@ impl Database {
 
     /// Every job not yet ended (at most `limit`), oldest first.
     pub async fn pending_jobs(&self, limit: i64) -> Result<Vec<PendingJob>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT user_id, task_id, filename, created_at FROM staged_uploads ORDER BY created_at LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await
+        sqlx::query_as("SELECT user_id, task_id, filename, created_at FROM staged_uploads ORDER BY created_at LIMIT $1")
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
     }
 
     /// Stream jobs that no worker holds: after Redis lost its stream (a

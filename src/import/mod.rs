@@ -240,7 +240,9 @@ impl ImportService {
         match self.db.release_jobs(&self.instance).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "handed imports back to the queue"),
-            Err(e) => tracing::warn!(error = %e, "imports not handed back; they are taken over after the heartbeat timeout"),
+            Err(e) => {
+                tracing::warn!(error = %e, "imports not handed back; they are taken over after the heartbeat timeout")
+            }
         }
         self.heartbeat.cancel();
         finished
@@ -289,7 +291,9 @@ impl ImportService {
                     // Redis failed between the routing decision and the add:
                     // the job goes to this instance's queue instead.
                     tracing::warn!(error = %e, "import stream unavailable, queueing locally");
-                    self.db.requeue_job(user, &task, JobQueue::Local, Some((&self.instance, self.lease_until()))).await?;
+                    self.db
+                        .requeue_job(user, &task, JobQueue::Local, Some((&self.instance, self.lease_until())))
+                        .await?;
                     self.queue.push_local(user, &task).is_ok()
                 }
             },
@@ -326,10 +330,8 @@ impl ImportService {
         metrics::counter!("reportd_import_attempts_total").increment(1);
         if attempts > self.settings.max_attempts {
             tracing::warn!(task = %job.task, attempts, "import abandoned: its worker was lost too often");
-            let error = format!(
-                "the import was interrupted: its worker stopped {} times before it could finish",
-                attempts - 1
-            );
+            let error =
+                format!("the import was interrupted: its worker stopped {} times before it could finish", attempts - 1);
             self.finish(&job, "unknown", Instant::now(), Err(error)).await;
             return;
         }

@@ -380,7 +380,9 @@ impl StreamReader {
             .query_async(&mut self.conn)
             .await;
         match reply {
-            Ok(reply) => Ok(reply.and_then(|r| r.keys.into_iter().next()).and_then(|k| k.ids.first().map(StreamEntry::from))),
+            Ok(reply) => {
+                Ok(reply.and_then(|r| r.keys.into_iter().next()).and_then(|k| k.ids.first().map(StreamEntry::from)))
+            }
             Err(e) if e.code() == Some("NOGROUP") => Err(ReadError::NoGroup),
             Err(e) => Err(ReadError::Unavailable(e.to_string())),
         }

@@ -182,7 +182,8 @@ async fn without_redis_a_killed_import_answers_again_and_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_a_surviving_instance_adopts_the_import_of_one_that_died() {
     let dir = TempDir::new().unwrap();
-    let settings = crash_settings(dir.path());
+    // Slow enough stages that A is still at it after the wait below.
+    let settings = crash_settings(dir.path()).set("IMPORT_STAGE_DELAY_MS", "5000");
     let mut a = TestProcess::start(&settings, dir.path(), "a").await;
     let b = TestProcess::start(&settings, dir.path(), "b").await;
     let token = a.client.user("adopt").await;
@@ -199,7 +200,12 @@ async fn without_redis_a_surviving_instance_adopts_the_import_of_one_that_died()
         if code == 200 && (body["status"] == "completed" || body["status"] == "failed") {
             break body;
         }
-        assert!(Instant::now() < deadline, "B did not finish the job: {body}\nA: {}\nB: {}", a.read_log(), b.read_log());
+        assert!(
+            Instant::now() < deadline,
+            "B did not finish the job: {body}\nA: {}\nB: {}",
+            a.read_log(),
+            b.read_log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(b.read_log().contains("adopting an import"), "{}", b.read_log());
@@ -215,7 +221,9 @@ async fn delete_leaves_no_chunk_index_entry_or_staged_upload() {
     let t = TestApp::start(Settings::new(dir.path())).await;
     let c = &t.client;
     let token = c.user("tidy").await;
-    let task = c.import(&token, "mars.md", "# 火星\n\n火星是太阳系的第四颗行星。\n\n## 卫星\n\nPhobos and Deimos.\n".into()).await;
+    let task = c
+        .import(&token, "mars.md", "# 火星\n\n火星是太阳系的第四颗行星。\n\n## 卫星\n\nPhobos and Deimos.\n".into())
+        .await;
     let done = c.wait_done(&token, &task).await;
     let doc_id = done["document_id"].as_str().unwrap().to_owned();
     let db = database(dir.path()).await;
@@ -267,7 +275,10 @@ async fn a_parse_that_runs_too_long_is_stopped_and_leaves_nothing_running() {
     assert!(done["error"].as_str().unwrap().contains("too long"), "{done}");
     assert!(started.elapsed() < Duration::from_secs(20), "failed in bounded time ({:?})", started.elapsed());
     assert!(live_parse_workers().is_empty(), "the stopped worker is gone");
-    assert_eq!(c.wait_done(&token, &c.import(&token, "small.txt", "一句话。".into()).await).await["status"], "completed");
+    assert_eq!(
+        c.wait_done(&token, &c.import(&token, "small.txt", "一句话。".into()).await).await["status"],
+        "completed"
+    );
 }
 
 /// A document that needs more memory than a parse worker may use fails
@@ -286,5 +297,8 @@ async fn a_parse_that_needs_too_much_memory_is_stopped() {
     assert!(done["error"].as_str().unwrap().contains("memory"), "{done}");
     assert!(live_parse_workers().is_empty());
     assert_eq!(c.readyz().await.0, 200);
-    assert_eq!(c.wait_done(&token, &c.import(&token, "small.txt", "one line".into()).await).await["status"], "completed");
+    assert_eq!(
+        c.wait_done(&token, &c.import(&token, "small.txt", "one line".into()).await).await["status"],
+        "completed"
+    );
 }
