@@ -20,12 +20,23 @@
 //!   and a memory implementation (TTLs, sweeping, a cap), the feature flags
 //!   with their run-time overrides, and [`state::StateLayer`], the one place
 //!   that decides per feature which backend serves a call (SPEC §4).
-//! - [`tasks`]: [`tasks::TaskStatusStore`], the import-task state machine on
-//!   the state layer, enforced atomically in both backends.
-//! - [`import`]: upload sniffing, decoding (UTF-8, UTF-16, GBK/GB18030, Big5),
-//!   parsing into sections and chunks, and the import workers.
+//! - [`stores`]: the typed stores on the state layer, which say *what* to do
+//!   with each kind of state: [`stores::tasks::TaskStatusStore`] (the
+//!   import-task state machine, enforced atomically in both backends) and
+//!   [`stores::import_queue::ImportQueue`] (the Redis stream with a consumer
+//!   group, or this instance's bounded queue).
+//! - [`import`]: upload sniffing, the parsers ([`import::text`],
+//!   [`import::html`], [`import::docx`], [`import::pdf`]) behind one
+//!   interface ([`import::parse`]), chunking ([`import::chunk`]), the parse
+//!   worker that runs them in a child process under time and memory limits
+//!   ([`import::isolate`]), and the import workers (leases, heartbeats,
+//!   take-over, idempotent storing).
+//! - [`search`]: Chinese-aware full-text search over a user's chunks (jieba
+//!   segmentation, SQLite FTS5 with BM25), used by the HTTP API and the
+//!   assistants.
 //! - [`db`]: the SQL store (SQLite by default, PostgreSQL for several
-//!   instances): users, documents, chunks, staged uploads.
+//!   instances): users, documents, chunks, and staged uploads, which are
+//!   also the durable, leased record of import jobs ([`db::jobs`]).
 //! - [`auth`]: argon2 passwords and HS256 access tokens.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 

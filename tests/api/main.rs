@@ -3,6 +3,7 @@
 //! area, as in zero-to-production.
 
 mod auth;
+mod bad_files;
 mod corpus;
 mod durability;
 mod helpers;
