@@ -7,4 +7,5 @@ mod corpus;
 mod helpers;
 mod imports;
 mod instances;
+mod search;
 mod state;
