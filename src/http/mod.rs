@@ -7,6 +7,7 @@ mod documents;
 pub mod extract;
 mod imports;
 mod ops;
+mod search;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +32,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(auth::router())
         .merge(imports::router(app.config.max_upload_bytes()))
         .merge(documents::router())
+        .merge(search::router())
         .merge(admin::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })

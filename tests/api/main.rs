@@ -9,4 +9,5 @@ mod durability;
 mod helpers;
 mod imports;
 mod instances;
+mod search;
 mod state;

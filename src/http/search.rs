@@ -1,0 +1,136 @@
+//! `GET /documents/search?q=…&limit=…&document_ids=…`: full-text search over
+//! the caller's own chunks (SPEC §5), through [`crate::search`].
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::extract::{AppQuery, CurrentUser};
+use crate::app::App;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::DocumentId;
+use crate::search::{MAX_LIMIT, SearchHit, SearchIndex};
+
+/// Longest accepted query, in characters.
+pub const MAX_QUERY_CHARS: usize = 200;
+
+/// Most document ids accepted in one `document_ids` filter.
+pub const MAX_FILTER_IDS: usize = 50;
+
+const DEFAULT_LIMIT: i64 = 10;
+
+pub fn router() -> Router<Arc<App>> {
+    Router::new().route("/documents/search", get(search))
+}
+
+#[derive(Deserialize)]
+struct Params {
+    q: Option<String>,
+    limit: Option<i64>,
+    /// Comma-separated document ids.
+    document_ids: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Results {
+    items: Vec<Item>,
+}
+
+/// One hit as SPEC §5 shows it.
+#[derive(Serialize)]
+struct Item {
+    document_id: String,
+    chunk_id: String,
+    heading_path: String,
+    snippet: String,
+    score: f64,
+}
+
+impl From<SearchHit> for Item {
+    fn from(h: SearchHit) -> Self {
+        Self {
+            document_id: h.document_id,
+            chunk_id: h.chunk_id,
+            heading_path: h.heading_path,
+            snippet: h.snippet,
+            score: h.score,
+        }
+    }
+}
+
+async fn search(
+    State(app): State<Arc<App>>,
+    CurrentUser(user): CurrentUser,
+    AppQuery(params): AppQuery<Params>,
+) -> ApiResult<Json<Results>> {
+    let q = params.q.as_deref().map(str::trim).unwrap_or_default();
+    if q.is_empty() {
+        return Err(ApiError::unprocessable("invalid_query", "q must not be empty"));
+    }
+    if q.chars().count() > MAX_QUERY_CHARS {
+        return Err(ApiError::unprocessable(
+            "invalid_query",
+            format!("q must be at most {MAX_QUERY_CHARS} characters"),
+        ));
+    }
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT as i64).contains(&limit) {
+        return Err(ApiError::unprocessable("invalid_query", format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    let ids = params.document_ids.as_deref().map(parse_ids).transpose()?;
+    let hits = SearchIndex::for_database(&app.db).search(&app.db, &user, q, ids.as_deref(), limit as usize).await?;
+    Ok(Json(Results { items: hits.into_iter().map(Item::from).collect() }))
+}
+
+/// The ids of a `document_ids` parameter: comma-separated, blanks around
+/// them and empty entries (a trailing comma) ignored, repeats dropped. A
+/// present but empty list is refused rather than read as "no filter", which
+/// would widen a search the client meant to narrow.
+fn parse_ids(raw: &str) -> Result<Vec<DocumentId>, ApiError> {
+    let mut ids: Vec<DocumentId> = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let id = DocumentId::parse(part).map_err(|_| ApiError::invalid_id("every id in document_ids"))?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        if ids.len() > MAX_FILTER_IDS {
+            return Err(ApiError::unprocessable(
+                "invalid_query",
+                format!("document_ids may list at most {MAX_FILTER_IDS} ids"),
+            ));
+        }
+    }
+    if ids.is_empty() {
+        return Err(ApiError::unprocessable("invalid_query", "document_ids must list at least one id"));
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_split_trimmed_and_deduplicated() {
+        let ids = parse_ids(" a, b,,a ,").unwrap();
+        assert_eq!(ids.iter().map(DocumentId::as_str).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_bad_id_is_invalid_id() {
+        for bad in ["a:b", "a,b c", "*", &"x".repeat(65), "é"] {
+            assert_eq!(parse_ids(bad).unwrap_err().code, "invalid_id", "{bad}");
+        }
+    }
+
+    #[test]
+    fn too_many_or_no_ids_are_refused() {
+        let many: Vec<String> = (0..=MAX_FILTER_IDS).map(|i| format!("d{i}")).collect();
+        assert_eq!(parse_ids(&many.join(",")).unwrap_err().code, "invalid_query");
+        assert_eq!(parse_ids(&many[..MAX_FILTER_IDS].join(",")).unwrap().len(), MAX_FILTER_IDS);
+        assert_eq!(parse_ids(" , ").unwrap_err().code, "invalid_query");
+    }
+}
