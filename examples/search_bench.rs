@@ -483,7 +483,7 @@ async fn main() -> anyhow::Result<()> {
             chunk_count: batch.len() as i64,
             created_at: n as i64,
         };
-        db.insert_document(&doc, batch).await?;
+        db.insert_document(&doc, batch, &mut |_| {}).await?;
     }
     let storing = started.elapsed();
 

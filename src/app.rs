@@ -104,6 +104,8 @@ impl App {
             background.clone(),
         );
         imports.recover_statuses().await;
+        // The first search would otherwise pay for loading jieba's dictionary.
+        tokio::task::spawn_blocking(crate::search::tokenize::warm_up);
         tracing::info!(
             redis_configured = state.redis().is_some(),
             features = ?state.all_feature_status(),

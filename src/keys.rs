@@ -7,6 +7,7 @@
 use std::fmt;
 
 use crate::ids::{SessionKind, StreamId, TaskId, UserId};
+use crate::state::Feature;
 
 /// A complete Redis key. It can only be made by [`KeySpace`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,6 +73,23 @@ impl KeySpace {
         Key(format!("{}:queue:import", self.base))
     }
 
+    /// The SCAN pattern of every key of `feature` that holds state worth
+    /// carrying into memory when the feature is rolled back to memory
+    /// (`None`: caches and counters, which are rebuilt by themselves).
+    pub fn feature_pattern(&self, feature: Feature) -> Option<String> {
+        match feature {
+            Feature::TaskStatus => Some(format!("{}:task:import:*", self.base)),
+            Feature::ChatSession => Some(format!("{}:chat:*", self.base)),
+            Feature::Cache | Feature::RateLimit => None,
+        }
+    }
+
+    /// A key read back from Redis (a SCAN), if it is in this namespace.
+    pub fn existing(&self, raw: &str) -> Option<Key> {
+        let rest = raw.strip_prefix(&self.base)?.strip_prefix(':')?;
+        (!rest.is_empty() && !raw.chars().any(|c| c.is_whitespace() || c.is_control())).then(|| Key(raw.to_owned()))
+    }
+
     /// `{p}:{env}:flags` — the one key without a TTL.
     pub fn flags(&self) -> Key {
         Key(format!("{}:flags", self.base))
@@ -93,6 +111,16 @@ mod tests {
         assert_eq!(ks.ai_stream(SessionKind::Search, &u, &s).as_str(), "langextract:dev:stream:search:u1:s1");
         assert_eq!(ks.import_queue().as_str(), "langextract:dev:queue:import");
         assert_eq!(ks.flags().as_str(), "langextract:dev:flags");
+    }
+
+    #[test]
+    fn only_keys_of_the_namespace_are_read_back() {
+        let ks = KeySpace::new("langextract", "dev").unwrap();
+        assert!(ks.existing("langextract:dev:task:import:u:t").is_some());
+        assert!(ks.existing("langextract:prod:task:import:u:t").is_none());
+        assert!(ks.existing("langextract:devx:task").is_none());
+        assert!(ks.existing("langextract:dev:").is_none());
+        assert_eq!(ks.feature_pattern(Feature::TaskStatus).unwrap(), "langextract:dev:task:import:*");
     }
 
     #[test]

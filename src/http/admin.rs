@@ -70,7 +70,7 @@ async fn update(
         }
         BackendError::Command(m) => ApiError::internal(m),
     })?;
-    app.state.flags().apply(&changes);
+    app.state.change_flags(|flags| flags.apply(&changes)).await;
     tracing::info!(by = %user, ?changes, "flag overrides changed");
     Ok(view(&app))
 }

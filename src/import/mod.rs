@@ -316,7 +316,20 @@ impl ImportService {
         let attempts = match self.db.claim_job(&job.user, &job.task, &self.instance, now, self.lease_until()).await {
             Ok(Claim::Claimed { attempts }) => attempts,
             Ok(Claim::Gone) => {
-                // Already finished (a second delivery): nothing to do.
+                // Normally a second delivery of a job that has ended. But a
+                // job whose task is still running somewhere and that this
+                // database does not know belongs to instances on another
+                // database sharing this Redis: leave it to them.
+                if let Ok(Some(record)) = self.tasks.get(&job.user, &job.task).await
+                    && !record.status.is_terminal()
+                {
+                    tracing::warn!(
+                        task = %job.task,
+                        "an import in the shared queue is unknown to this database: \
+                         do all instances sharing this Redis share one DATABASE_URL?"
+                    );
+                    return;
+                }
                 self.queue.done(&job).await;
                 return;
             }
@@ -471,10 +484,14 @@ impl ImportService {
         let (prepared, ()) = tokio::join!(work, self.follow(job, format, rx));
         let prepared = prepared?;
         self.step(job, 70, "indexing", format!("indexing {} chunks", prepared.chunks.len())).await;
-        let title = Some(upload.title.clone())
-            .filter(|t| !t.is_empty())
-            .or_else(|| prepared.title.clone())
-            .unwrap_or_else(|| file_stem(&upload.filename));
+        // Every title goes through the same cleaning as headings: one line,
+        // no control characters, bounded.
+        let title = [Some(upload.title.as_str()), prepared.title.as_deref(), Some(file_stem(&upload.filename))]
+            .into_iter()
+            .flatten()
+            .map(|t| chunk::clean_line(t, chunk::MAX_HEADING_CHARS))
+            .find(|t| !t.is_empty())
+            .unwrap_or_else(|| "untitled".into());
         let doc = Document {
             id: document_id(&job.user, &job.task),
             user_id: job.user.to_string(),
@@ -544,8 +561,7 @@ pub fn chunk_document(doc: parse::ParsedDocument, settings: &ChunkSettings) -> R
     Ok(Prepared { title: doc.title, chunks })
 }
 
-fn file_stem(filename: &str) -> String {
+fn file_stem(filename: &str) -> &str {
     let name = filename.rsplit(['/', '\\']).next().unwrap_or(filename);
-    let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
-    if stem.is_empty() { "untitled".into() } else { stem.chars().take(200).collect() }
+    name.rsplit_once('.').map_or(name, |(stem, _)| stem)
 }

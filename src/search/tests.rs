@@ -49,7 +49,7 @@ pub(super) async fn document(db: &Database, user: &UserId, title: &str, chunks: 
         .iter()
         .map(|(h, c)| NewChunk { heading_path: h.to_string(), content: c.to_string(), search_text: index_text(h, c) })
         .collect();
-    db.insert_document(&doc, &chunks).await.unwrap();
+    db.insert_document(&doc, &chunks, &mut |_| {}).await.unwrap();
     id
 }
 

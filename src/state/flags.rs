@@ -78,6 +78,13 @@ impl Flags {
         Self { env, overrides: RwLock::new(BTreeMap::new()) }
     }
 
+    /// What the flags would be after `change`, without changing them.
+    pub fn preview(&self, change: impl Fn(&Flags)) -> Flags {
+        let copy = Flags { env: self.env.clone(), overrides: RwLock::new(self.overrides()) };
+        change(&copy);
+        copy
+    }
+
     pub fn overrides(&self) -> BTreeMap<Flag, bool> {
         self.overrides.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -92,6 +92,11 @@ impl MemoryBackend {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The most entries it holds (`MEMORY_MAX_KEYS`).
+    pub fn capacity(&self) -> usize {
+        self.max_keys
+    }
+
     /// Number of entries held, expired or not yet swept.
     pub fn len(&self) -> usize {
         self.lock().map.len()

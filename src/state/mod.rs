@@ -302,8 +302,44 @@ impl StateLayer {
     pub async fn refresh_flags(&self) {
         let Some(redis) = &self.redis else { return };
         match redis.hgetall(&self.keys.flags()).await {
-            Ok(hash) => self.flags.load_hash(&hash),
+            Ok(hash) => self.change_flags(|flags| flags.load_hash(&hash)).await,
             Err(e) => tracing::debug!(error = %e, "flag overrides not refreshed"),
+        }
+    }
+
+    /// Applies a change of the flags. A feature about to move from Redis to
+    /// memory (a run-time rollback) first gets the shared state it served
+    /// carried into this instance's memory, so that nothing another instance
+    /// wrote is lost to this one (dual write only kept what each instance
+    /// wrote itself); until the flag flips, writes still reach both.
+    pub async fn change_flags(&self, change: impl Fn(&Flags)) {
+        let preview = self.flags.preview(&change);
+        for feature in Feature::ALL {
+            if self.flags.redis_wanted(feature) && !preview.redis_wanted(feature) {
+                self.carry_to_memory(feature).await;
+            }
+        }
+        change(&self.flags);
+    }
+
+    /// Copies `feature`'s keys from Redis into memory, keeping their TTLs
+    /// (at most `MEMORY_MAX_KEYS`); what memory holds already is kept when
+    /// Redis has nothing newer to say (the typed stores merge on read).
+    async fn carry_to_memory(&self, feature: Feature) {
+        let (Some(redis), Some(pattern)) = (&self.redis, self.keys.feature_pattern(feature)) else { return };
+        match redis.scan_strings(&pattern, self.memory.capacity()).await {
+            Ok(found) => {
+                let mut carried = 0;
+                for (raw, value, ttl) in found {
+                    if let Some(key) = self.keys.existing(&raw)
+                        && self.memory.set(&key, &value, ttl).await.is_ok()
+                    {
+                        carried += 1;
+                    }
+                }
+                tracing::info!(feature = feature.as_str(), keys = carried, "rolled back to memory: shared state carried over");
+            }
+            Err(e) => tracing::warn!(feature = feature.as_str(), error = %e, "rolled back to memory without the shared state"),
         }
     }
 }

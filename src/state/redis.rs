@@ -275,6 +275,60 @@ impl RedisBackend {
         .await
     }
 
+    /// Every string key matching `pattern` with its value and remaining TTL
+    /// (at most `limit` keys; SCAN, so Redis is never blocked for long).
+    pub async fn scan_strings(
+        &self,
+        pattern: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String, Duration)>, BackendError> {
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let pattern = pattern.to_owned();
+            let (next, keys): (u64, Vec<String>) = self
+                .call(|mut c| async move {
+                    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500).query_async(&mut c).await
+                })
+                .await?;
+            if !keys.is_empty() {
+                let batch = keys.clone();
+                let found: Vec<(Option<String>, i64)> = self
+                    .call(|mut c| async move {
+                        let mut pipe = redis::pipe();
+                        for k in &batch {
+                            // A key of another type answers nil here, not an error.
+                            pipe.cmd("EVAL")
+                                .arg("if redis.call('TYPE', KEYS[1]).ok == 'string' then return redis.call('GET', KEYS[1]) end return false")
+                                .arg(1)
+                                .arg(k);
+                            pipe.pttl(k);
+                        }
+                        let flat: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+                        Ok(flat
+                            .chunks(2)
+                            .map(|p| {
+                                let v = redis::from_redis_value_ref::<Option<String>>(&p[0]).ok().flatten();
+                                let t = redis::from_redis_value_ref::<i64>(&p[1]).unwrap_or(-2);
+                                (v, t)
+                            })
+                            .collect())
+                    })
+                    .await?;
+                for (key, (value, ttl)) in keys.into_iter().zip(found) {
+                    if let (Some(value), true) = (value, ttl > 0) {
+                        out.push((key, value, Duration::from_millis(ttl as u64)));
+                    }
+                }
+            }
+            if next == 0 || out.len() >= limit {
+                out.truncate(limit);
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
     // Hash commands, used only for the flags hash (configuration, no TTL).
 
     pub async fn hgetall(&self, key: &Key) -> Result<HashMap<String, String>, BackendError> {

@@ -35,9 +35,9 @@ fn rejoin(chunks: &[Value]) -> (String, String) {
         {
             let overlap = content
                 .char_indices()
+                .rev()
                 .map(|(i, c)| i + c.len_utf8())
-                .filter(|&end| prev.ends_with(&content[..end]))
-                .last()
+                .find(|&end| prev.ends_with(&content[..end]))
                 .unwrap_or(0);
             rest = &content[overlap..];
         }

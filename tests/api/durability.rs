@@ -240,8 +240,10 @@ async fn delete_leaves_no_chunk_index_entry_or_staged_upload() {
     }
 }
 
-/// The parse workers of this test process that are still alive.
-fn live_parse_workers() -> Vec<u32> {
+/// The parse workers of this test process still alive for an input of
+/// `bytes` bytes (other tests run their own in this process at the same time).
+fn live_parse_workers(bytes: usize) -> Vec<u32> {
+    let size = bytes.to_string();
     let me = std::process::id();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -250,7 +252,9 @@ fn live_parse_workers() -> Vec<u32> {
         // The parent pid is the second field after the parenthesised name.
         let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == Some(me) && cmdline.windows(12).any(|w| w == b"parse-worker") {
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if ppid == Some(me) && args.get(1) == Some(&b"parse-worker".as_slice()) && args.get(5) == Some(&size.as_bytes())
+        {
             found.push(pid);
         }
     }
@@ -268,13 +272,14 @@ async fn a_parse_that_runs_too_long_is_stopped_and_leaves_nothing_running() {
     // 24 MB of Chinese prose: segmenting it takes this debug build far
     // longer than a second.
     let text = "火星是太阳系的第四颗行星，也是离太阳第四近的行星。".repeat(320_000);
+    let size = text.len();
     let started = Instant::now();
     let task = c.import(&token, "huge.txt", text.into_bytes()).await;
     let done = c.wait_done(&token, &task).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert!(done["error"].as_str().unwrap().contains("too long"), "{done}");
     assert!(started.elapsed() < Duration::from_secs(20), "failed in bounded time ({:?})", started.elapsed());
-    assert!(live_parse_workers().is_empty(), "the stopped worker is gone");
+    assert!(live_parse_workers(size).is_empty(), "the stopped worker is gone");
     assert_eq!(
         c.wait_done(&token, &c.import(&token, "small.txt", "一句话。".into()).await).await["status"],
         "completed"
@@ -291,11 +296,12 @@ async fn a_parse_that_needs_too_much_memory_is_stopped() {
     // 30 MB of text: decoding, chunking and segmenting it needs several
     // times that.
     let text = "Mars is the fourth planet from the Sun. ".repeat(750_000);
+    let size = text.len();
     let task = c.import(&token, "big.txt", text.into_bytes()).await;
     let done = c.wait_done(&token, &task).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert!(done["error"].as_str().unwrap().contains("memory"), "{done}");
-    assert!(live_parse_workers().is_empty());
+    assert!(live_parse_workers(size).is_empty());
     assert_eq!(c.readyz().await.0, 200);
     assert_eq!(
         c.wait_done(&token, &c.import(&token, "small.txt", "one line".into()).await).await["status"],

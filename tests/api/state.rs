@@ -13,7 +13,7 @@ use reportd::state::{Backend, FallbackMode, Flags, MemoryBackend, RedisBackend, 
 use reportd::stores::tasks::{TASK_TRANSITION, TaskPatch, TaskRecord, TaskStatus, TaskStatusStore, Transition};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestRedis, eventually, sample_text};
+use crate::helpers::{Settings, TestApp, TestRedis, eventually, sample_text};
 
 /// Stage 0: Redis deployed and reachable, `REDIS_ENABLED=0` (even with every
 /// feature flag on): the service works and writes nothing to Redis.
@@ -276,8 +276,10 @@ async fn starting_with_redis_down_is_a_degraded_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turning_the_flag_off_at_run_time_loses_nothing() {
     let redis = TestRedis::start().await;
-    let a = TestApp::spawn(|s| s.with_redis(&redis)).await;
-    let b = TestApp::spawn(|s| s.with_redis(&redis)).await;
+    // Two instances of one service: one Redis, one database.
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = TestApp::start(Settings::new(dir.path()).with_redis(&redis)).await;
+    let b = TestApp::start(Settings::new(dir.path()).with_redis(&redis)).await;
     let c = &a.client;
     a.app.create_user("root", "root password 1".into(), true).await.unwrap();
     let admin = c.login("root", "root password 1").await;
@@ -312,6 +314,11 @@ async fn turning_the_flag_off_at_run_time_loses_nothing() {
         b.client.readyz().await.1["features"]["task_status"]["backend"] == "memory"
     })
     .await;
+    // Whichever instance ran the import, both have its final state: the
+    // shared state was carried into each one's memory as it rolled back.
+    let (code, status) = b.client.status(&token, &task).await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["status"], "completed");
 
     let keys = redis.keys_with_ttl().await;
     assert_eq!(keys.get("langextract:test:flags"), Some(&-1), "the flags hash is the one key without a TTL");
