@@ -337,9 +337,15 @@ impl StateLayer {
                         carried += 1;
                     }
                 }
-                tracing::info!(feature = feature.as_str(), keys = carried, "rolled back to memory: shared state carried over");
+                tracing::info!(
+                    feature = feature.as_str(),
+                    keys = carried,
+                    "rolled back to memory: shared state carried over"
+                );
             }
-            Err(e) => tracing::warn!(feature = feature.as_str(), error = %e, "rolled back to memory without the shared state"),
+            Err(e) => {
+                tracing::warn!(feature = feature.as_str(), error = %e, "rolled back to memory without the shared state")
+            }
         }
     }
 }

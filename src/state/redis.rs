@@ -288,7 +288,14 @@ impl RedisBackend {
             let pattern = pattern.to_owned();
             let (next, keys): (u64, Vec<String>) = self
                 .call(|mut c| async move {
-                    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500).query_async(&mut c).await
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut c)
+                        .await
                 })
                 .await?;
             if !keys.is_empty() {

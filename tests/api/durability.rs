@@ -308,3 +308,80 @@ async fn a_parse_that_needs_too_much_memory_is_stopped() {
         "completed"
     );
 }
+
+/// A full queue answers 503 with `Retry-After`, and the refused upload
+/// leaves nothing behind; the accepted ones complete. In process memory
+/// (the local queue) and in Redis (the stream, capped by its length).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let redis = TestRedis::start().await;
+    for on_redis in [false, true] {
+        let dir = TempDir::new().unwrap();
+        let settings = Settings::new(dir.path())
+            .set("IMPORT_WORKERS", "1")
+            .set("IMPORT_QUEUE_CAPACITY", "1")
+            .set("IMPORT_STREAM_MAX_LEN", "2")
+            .set("IMPORT_STAGE_DELAY_MS", "400");
+        let t = TestApp::start(if on_redis { settings.with_redis(&redis) } else { settings }).await;
+        let c = &t.client;
+        let token = c.user("queue").await;
+        let mut accepted = Vec::new();
+        let mut refused = None;
+        for n in 0..6 {
+            let r = c.upload(&token, "/Import_Doc/", &format!("q{n}.txt"), "内容。".into()).await;
+            match r.status().as_u16() {
+                202 => accepted.push(r.json::<Value>().await.unwrap()["task_id"].as_str().unwrap().to_owned()),
+                503 => {
+                    refused = Some((r.headers().get("retry-after").cloned(), r.json::<Value>().await.unwrap()));
+                    break;
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        let (retry_after, body) = refused.unwrap_or_else(|| panic!("the queue never filled (redis: {on_redis})"));
+        assert!(retry_after.is_some(), "Retry-After is set");
+        assert_eq!(body["code"], "import_queue_full", "{body}");
+        for task in &accepted {
+            assert_eq!(c.wait_done(&token, task).await["status"], "completed");
+        }
+        let db = database(dir.path()).await;
+        assert_eq!(scalar(&db, "SELECT COUNT(*) FROM staged_uploads WHERE task_id <> $1", "").await, 0);
+        assert_eq!(c.json(&token, "/documents").await["total"], accepted.len());
+        // With room again, uploads are accepted.
+        let task = c.import(&token, "later.txt", "之后。".into()).await;
+        assert_eq!(c.wait_done(&token, &task).await["status"], "completed");
+    }
+}
+
+/// A large document reports progress inside parsing (by pages) and inside
+/// indexing, through the stages in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_moves_through_the_stages_and_inside_them() {
+    let t = TestApp::spawn(|s| s).await;
+    let c = &t.client;
+    let token = c.user("progress").await;
+    let dir = std::env::var_os("REPORTD_CORPUS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
+    let pdf = std::fs::read(dir.join("pypdf-GeoTopo-komprimiert.pdf")).unwrap();
+    let task = c.import(&token, "geotopo.pdf", pdf).await;
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    loop {
+        let (_, s) = c.status(&token, &task).await;
+        let now = (s["stage"].as_str().unwrap().to_owned(), s["progress"].as_u64().unwrap());
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        if s["status"] == "completed" || s["status"] == "failed" {
+            assert_eq!(s["status"], "completed", "{s}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let order = ["queued", "parsing", "chunking", "indexing", "completed"];
+    let ranks: Vec<usize> = seen.iter().map(|(stage, _)| order.iter().position(|o| o == stage).unwrap()).collect();
+    assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "stages in order: {seen:?}");
+    assert!(seen.iter().any(|(s, p)| s == "parsing" && *p > 5 && *p < 60), "progress inside parsing: {seen:?}");
+    assert!(seen.iter().any(|(s, _)| s == "indexing"), "{seen:?}");
+    assert_eq!(seen.last().unwrap(), &("completed".to_owned(), 100));
+}
