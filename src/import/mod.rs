@@ -22,6 +22,8 @@
 //! - The staged upload is deleted once the task's final status is written.
 
 pub mod chunk;
+#[cfg(test)]
+mod corpus_check;
 pub mod decode;
 pub mod docx;
 pub mod html;

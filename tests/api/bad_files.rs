@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, corpus_file};
 
 /// Writes a raw DEFLATE stream by hand (one fixed-Huffman block): `prefix`
 /// as literals, then `repeat` more copies of its last byte as
@@ -114,13 +114,6 @@ fn docx_with(document: Vec<u8>, declared: u32) -> Vec<u8> {
     ])
 }
 
-fn corpus(name: &str) -> Vec<u8> {
-    let dir = std::env::var_os("REPORTD_CORPUS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
-    std::fs::read(dir.join(name)).unwrap()
-}
-
 /// A PDF whose one page's content stream is a flate bomb.
 fn pdf_flate_bomb() -> Vec<u8> {
     let mut stream = vec![0x78, 0x01];
@@ -159,8 +152,8 @@ async fn broken_and_hostile_files_fail_cleanly_and_the_service_goes_on() {
     let c = &t.client;
     let token = c.user("mallory").await;
 
-    let docx = corpus("markitdown-test.docx");
-    let pdf = corpus("pypdf-pdflatex-4-pages.pdf");
+    let docx = corpus_file("markitdown-test.docx");
+    let pdf = corpus_file("pypdf-pdflatex-4-pages.pdf");
     let billion_laughs = format!(
         r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;"><!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;"><!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;"><!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;"><!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;"><!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;"><!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;"><!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">]><w:document {W}><w:body><w:p><w:r><w:t>&lol9;</w:t></w:r></w:p></w:body></w:document>"#
     );
@@ -178,7 +171,7 @@ async fn broken_and_hostile_files_fail_cleanly_and_the_service_goes_on() {
         ("truncated pdf", "report.pdf", pdf[..pdf.len() / 3].to_vec()),
         ("pdf flate bomb", "bomb.pdf", pdf_flate_bomb()),
         ("not a pdf", "report.pdf", b"hello, I am text".to_vec()),
-        ("recursive xobjects", "evil.pdf", corpus("pdfminer-issue-1113-evil-xobjects.pdf")),
+        ("recursive xobjects", "evil.pdf", corpus_file("pdfminer-issue-1113-evil-xobjects.pdf")),
     ];
     for (what, name, bytes) in cases {
         let started = Instant::now();

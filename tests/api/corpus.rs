@@ -4,17 +4,9 @@
 //! heading paths; the files the manifest expects to fail end `failed` with
 //! an error that says why.
 
-use std::path::PathBuf;
-
 use serde_json::Value;
 
-use crate::helpers::TestApp;
-
-fn corpus_dir() -> PathBuf {
-    std::env::var_os("REPORTD_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"))
-}
+use crate::helpers::{TestApp, corpus_file, corpus_manifest};
 
 fn collapse(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -51,12 +43,7 @@ fn rejoin(chunks: &[Value]) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_corpus_file_imports_with_its_phrases_and_headings() {
-    let dir = corpus_dir();
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("MANIFEST.json"))
-            .unwrap_or_else(|e| panic!("the corpus must be at {} (or REPORTD_CORPUS): {e}", dir.display())),
-    )
-    .unwrap();
+    let manifest = corpus_manifest();
     let t = TestApp::spawn(|s| s).await;
     let c = &t.client;
     let token = c.user("corpus").await;
@@ -64,7 +51,7 @@ async fn every_corpus_file_imports_with_its_phrases_and_headings() {
     for entry in manifest["files"].as_array().unwrap() {
         let file = entry["file"].as_str().unwrap();
         let format = entry["format"].as_str().unwrap();
-        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let bytes = corpus_file(file);
         let task = c.import(&token, file, bytes).await;
         let done = c.wait_done(&token, &task).await;
         if entry["expect_error"] == true {

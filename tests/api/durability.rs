@@ -8,7 +8,7 @@ use reportd::db::Database;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::helpers::{Client, Settings, TestApp, TestProcess, TestRedis, eventually};
+use crate::helpers::{Client, Settings, TestApp, TestProcess, TestRedis, corpus_file, eventually};
 
 /// About 1.2 MB of text in numbered paragraphs, each line unique, so that a
 /// duplicated chunk would show.
@@ -266,11 +266,11 @@ fn live_parse_workers(bytes: usize) -> Vec<u32> {
 /// background), and the next import works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parse_that_runs_too_long_is_stopped_and_leaves_nothing_running() {
-    let t = TestApp::spawn(|s| s.set("IMPORT_PARSE_TIMEOUT_SECONDS", "1")).await;
+    let t = TestApp::spawn(|s| s.set("IMPORT_PARSE_TIMEOUT_SECONDS", "2")).await;
     let c = &t.client;
     let token = c.user("slow").await;
-    // 24 MB of Chinese prose: segmenting it takes this debug build far
-    // longer than a second.
+    // 24 MB of Chinese prose: chunking and segmenting it takes a debug build
+    // about ten seconds.
     let text = "火星是太阳系的第四颗行星，也是离太阳第四近的行星。".repeat(320_000);
     let size = text.len();
     let started = Instant::now();
@@ -360,10 +360,7 @@ async fn progress_moves_through_the_stages_and_inside_them() {
     let t = TestApp::spawn(|s| s).await;
     let c = &t.client;
     let token = c.user("progress").await;
-    let dir = std::env::var_os("REPORTD_CORPUS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
-    let pdf = std::fs::read(dir.join("pypdf-GeoTopo-komprimiert.pdf")).unwrap();
+    let pdf = corpus_file("pypdf-GeoTopo-komprimiert.pdf");
     let task = c.import(&token, "geotopo.pdf", pdf).await;
     let mut seen: Vec<(String, u64)> = Vec::new();
     loop {

@@ -439,3 +439,24 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The shared corpus of real documents: `../shared/corpus` beside the
+/// checkout, or wherever `REPORTD_CORPUS` points.
+pub fn corpus_dir() -> PathBuf {
+    std::env::var_os("REPORTD_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"))
+}
+
+/// The corpus's MANIFEST.json.
+pub fn corpus_manifest() -> Value {
+    let dir = corpus_dir();
+    let text = std::fs::read_to_string(dir.join("MANIFEST.json"))
+        .unwrap_or_else(|e| panic!("the corpus must be at {} (or REPORTD_CORPUS): {e}", dir.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// One file of the corpus.
+pub fn corpus_file(name: &str) -> Vec<u8> {
+    std::fs::read(corpus_dir().join(name)).unwrap_or_else(|e| panic!("corpus file {name}: {e}"))
+}

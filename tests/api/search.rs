@@ -7,7 +7,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Client, TestApp};
+use crate::helpers::{Client, TestApp, corpus_file, corpus_manifest};
 
 const PLANETS: &str = "\
 # 行星
@@ -245,21 +245,9 @@ async fn bad_parameters_answer_422_json() {
     assert_eq!(r.status(), 401);
 }
 
-/// The shared corpus (../shared/corpus, or `REPORTD_CORPUS`).
-fn corpus_dir() -> std::path::PathBuf {
-    std::env::var_os("REPORTD_CORPUS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phrases_of_the_real_corpus_find_their_document() {
-    let dir = corpus_dir();
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("MANIFEST.json"))
-            .unwrap_or_else(|e| panic!("the corpus must be at {} (or REPORTD_CORPUS): {e}", dir.display())),
-    )
-    .unwrap();
+    let manifest = corpus_manifest();
     let t = TestApp::spawn(|s| s).await;
     let c = &t.client;
     let token = c.user("corpus").await;
@@ -271,7 +259,7 @@ async fn phrases_of_the_real_corpus_find_their_document() {
         if !matches!(entry["format"].as_str(), Some("txt" | "md")) || entry["expect_error"] == true {
             continue;
         }
-        let text = std::fs::read(dir.join(file)).unwrap();
+        let text = corpus_file(file);
         let task = c.import(&token, file, text).await;
         let done = c.wait_done(&token, &task).await;
         assert_eq!(done["status"], "completed", "{file}: {done}");
