@@ -39,6 +39,15 @@ pub(super) struct Codespace {
 }
 
 impl Codespace {
+    /// Adds the `lo hi` string pairs of a `begincodespacerange` block.
+    fn add_ranges(&mut self, operands: &[Operand]) {
+        for pair in operands.chunks_exact(2) {
+            if let [Operand::String(lo), Operand::String(hi)] = pair {
+                self.add(lo, hi);
+            }
+        }
+    }
+
     fn add(&mut self, lo: &[u8], hi: &[u8]) {
         if lo.is_empty() || lo.len() > 4 || lo.len() != hi.len() || self.ranges.len() >= 1024 {
             return;
@@ -146,13 +155,7 @@ impl ToUnicode {
         let mut operands = Vec::new();
         while let Some(op) = lexer.next_operation(&mut operands) {
             match op {
-                b"endcodespacerange" => {
-                    for pair in operands.chunks_exact(2) {
-                        if let [Operand::String(lo), Operand::String(hi)] = pair {
-                            cmap.codespace.add(lo, hi);
-                        }
-                    }
-                }
+                b"endcodespacerange" => cmap.codespace.add_ranges(&operands),
                 b"endbfchar" => {
                     for pair in operands.chunks_exact(2) {
                         let Operand::String(code) = &pair[0] else { continue };
@@ -438,13 +441,7 @@ impl EncodingCMap {
         let mut operands = Vec::new();
         while let Some(op) = lexer.next_operation(&mut operands) {
             match op {
-                b"endcodespacerange" => {
-                    for pair in operands.chunks_exact(2) {
-                        if let [Operand::String(lo), Operand::String(hi)] = pair {
-                            cmap.codespace.add(lo, hi);
-                        }
-                    }
-                }
+                b"endcodespacerange" => cmap.codespace.add_ranges(&operands),
                 b"endcidchar" => {
                     for pair in operands.chunks_exact(2) {
                         if let [Operand::String(code), Operand::Number(cid)] = pair
