@@ -118,11 +118,7 @@ impl Flags {
                 }
             }
         }
-        let mut current = self.overrides.write().unwrap_or_else(|p| p.into_inner());
-        if *current != parsed {
-            tracing::info!(overrides = ?parsed, "flag overrides changed");
-            *current = parsed;
-        }
+        *self.overrides.write().unwrap_or_else(|p| p.into_inner()) = parsed;
     }
 
     /// Applies a change locally (the hash has already been written).

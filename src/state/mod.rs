@@ -314,12 +314,16 @@ impl StateLayer {
     /// wrote itself); until the flag flips, writes still reach both.
     pub async fn change_flags(&self, change: impl Fn(&Flags)) {
         let preview = self.flags.preview(&change);
+        if preview.overrides() == self.flags.overrides() {
+            return;
+        }
         for feature in Feature::ALL {
             if self.flags.redis_wanted(feature) && !preview.redis_wanted(feature) {
                 self.carry_to_memory(feature).await;
             }
         }
         change(&self.flags);
+        tracing::info!(overrides = ?self.flags.overrides(), "flag overrides changed");
     }
 
     /// Copies `feature`'s keys from Redis into memory, keeping their TTLs
