@@ -824,7 +824,7 @@ mod tests {
         let chinese = "火".repeat(1 << 20);
         // Each chunk after the first brings 900 new characters.
         assert_eq!(pieces(&chinese, 1000, 100).len(), ((1 << 20) - 100usize).div_ceil(900));
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
     }
 
     fn text_strategy() -> impl Strategy<Value = String> {

@@ -1178,7 +1178,9 @@ mod tests {
         let started = std::time::Instant::now();
         let error = parse(page.as_bytes(), &mut |_| {}).unwrap_err();
         assert_eq!(error.kind, ParseErrorKind::TooLarge, "{error:?}");
-        assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+        // A guard against a hang, not a speed test: unrefused, html5ever takes
+        // more than ten minutes on this page.
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
     }
 
     #[test]

@@ -252,7 +252,7 @@ mod tests {
             let started = std::time::Instant::now();
             let doc = parse_markdown(&source);
             assert!(!doc.sections.is_empty());
-            assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+            assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
         }
     }
 }
