@@ -34,6 +34,7 @@
 //! - [`search`]: Chinese-aware full-text search over a user's chunks (jieba
 //!   segmentation, SQLite FTS5 with BM25), used by the HTTP API and the
 //!   assistants.
+//! - [`llm`]: the streaming client for OpenAI-compatible chat completions.
 //! - [`db`]: the SQL store (SQLite by default, PostgreSQL for several
 //!   instances): users, documents, chunks, and staged uploads, which are
 //!   also the durable, leased record of import jobs ([`db::jobs`]).
@@ -49,6 +50,7 @@ pub mod http;
 pub mod ids;
 pub mod import;
 pub mod keys;
+pub mod llm;
 pub mod search;
 pub mod state;
 pub mod stores;
