@@ -520,7 +520,7 @@ impl LlmStream {
             return Ok(None);
         }
         let result = self.next_inner().await;
-        if !self.emitted && matches!(result, Ok(_)) {
+        if !self.emitted && result.is_ok() {
             self.emitted = true;
             metrics::histogram!("reportd_llm_first_token_seconds").record(self.started.elapsed().as_secs_f64());
         }

@@ -46,7 +46,9 @@ pub enum Reply {
     Hang { chunks: Vec<String> },
     /// Answers `code` with `body` (and `Retry-After` when given), no stream.
     /// The text `{auth}` in `body` is replaced by the request's
-    /// Authorization header, to play an upstream that echoes it.
+    /// Authorization header, to play an upstream that echoes it. The body is
+    /// sent as `application/json` when it parses as JSON, else as text (so
+    /// `code: 200` with a JSON body plays a server that ignored `stream`).
     Status { code: u16, body: String, retry_after: Option<u64> },
     /// A 200 `text/event-stream` whose body is `pieces`, each written
     /// verbatim as one body chunk (no newline added), `delay_ms` apart (also

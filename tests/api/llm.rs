@@ -565,3 +565,26 @@ async fn fake_searx_answers_json_and_refuses_other_formats() {
     assert_eq!(refused.status(), 403);
     assert_eq!(searx.queries(), vec!["北京 天气".to_string(), "x".to_string()]);
 }
+
+#[tokio::test]
+async fn a_json_answer_instead_of_a_stream_is_reported() {
+    let fake = FakeLlm::start().await;
+    // Some servers report errors with 200 and a JSON body, or ignore `stream`.
+    fake.push(Reply::Status {
+        code: 200,
+        body: r#"{"error":{"message":"quota exhausted"}}"#.into(),
+        retry_after: None,
+    });
+    fake.push(Reply::Status {
+        code: 200,
+        body: r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"whole"}}]}"#.into(),
+        retry_after: None,
+    });
+    let llm = client(settings(&fake.base_url));
+    let err = guarded(llm.start(&ask("hi"))).await.unwrap_err();
+    assert_eq!(err.code, LlmErrorCode::Upstream);
+    assert!(err.detail.contains("quota exhausted"), "{}", err.detail);
+    let err = guarded(llm.start(&ask("hi"))).await.unwrap_err();
+    assert_eq!(err.code, LlmErrorCode::BadResponse);
+    assert_eq!(fake.requests().len(), 2, "neither is retried");
+}
