@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::assist::{AssistSettings, Assistants, Prompts, Provider, WebSearch};
 use crate::auth::{TokenKeys, load_or_create_secret};
 use crate::config::Config;
 use crate::db::Database;
@@ -15,8 +16,11 @@ use crate::import::chunk::ChunkSettings;
 use crate::import::isolate::ParserConfig;
 use crate::import::{ImportService, ImportSettings};
 use crate::keys::KeySpace;
+use crate::llm::{LlmClient, LlmSettings};
 use crate::state::{Flags, MemoryBackend, RedisBackend, StateLayer};
+use crate::stores::chat::{ChatSessionStore, ChatSettings};
 use crate::stores::import_queue::{ImportQueue, QueueSettings};
+use crate::stores::streams::{StreamLog, StreamSettings};
 use crate::stores::tasks::TaskStatusStore;
 
 /// TTL of the import stream, refreshed on every add (SPEC §2).
@@ -29,6 +33,7 @@ pub struct App {
     pub state: Arc<StateLayer>,
     pub tasks: TaskStatusStore,
     pub imports: Arc<ImportService>,
+    pub assistants: Arc<Assistants>,
     pub tokens: TokenKeys,
     /// Stops the background work (workers, monitors) of this app.
     pub background: CancellationToken,
@@ -104,6 +109,7 @@ impl App {
             background.clone(),
         );
         imports.recover_statuses().await;
+        let assistants = Arc::new(build_assistants(&config, &db, &state, &background)?);
         // The first search would otherwise pay for loading jieba's dictionary.
         tokio::task::spawn_blocking(crate::search::tokenize::warm_up);
         tracing::info!(
@@ -111,8 +117,85 @@ impl App {
             features = ?state.all_feature_status(),
             "reportd ready"
         );
-        Ok(Arc::new(Self { config, db, state, tasks, imports, tokens, background }))
+        Ok(Arc::new(Self { config, db, state, tasks, imports, assistants, tokens, background }))
     }
+}
+
+/// The assistants, their stores and their provider (a model when
+/// `LLM_BASE_URL` is set, else the offline one).
+fn build_assistants(
+    config: &Config,
+    db: &Database,
+    state: &Arc<StateLayer>,
+    background: &CancellationToken,
+) -> anyhow::Result<Assistants> {
+    let sessions = ChatSessionStore::new(
+        state.clone(),
+        ChatSettings {
+            ttl: Duration::from_secs(config.chat_session_ttl_seconds),
+            max_messages: config.chat_max_messages,
+            lease_ttl: Duration::from_secs(config.chat_lock_ttl_seconds),
+        },
+    );
+    let turn_timeout = Duration::from_secs(config.ai_turn_timeout_seconds.max(1));
+    let streams = Arc::new(StreamLog::new(
+        state.clone(),
+        StreamSettings {
+            ttl: Duration::from_secs(config.ai_stream_ttl_seconds),
+            max_events: config.ai_stream_max_events,
+            max_running: config.ai_max_streams,
+            finished_budget: 256 * 1024 * 1024,
+            poll_interval: Duration::from_millis(100),
+            // A turn never runs longer than its timeout: a stream read from
+            // Redis that is silent for longer has lost its instance.
+            stale_after: turn_timeout + Duration::from_secs(30),
+        },
+    ));
+    streams.spawn_background(background.clone());
+    let provider = match config.llm_base_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(base_url) => {
+            let client = LlmClient::new(LlmSettings {
+                base_url: base_url.to_owned(),
+                api_key: config.llm_api_key.clone().filter(|k| !k.is_empty()),
+                model: config.llm_model.clone(),
+                connect_timeout: Duration::from_secs(config.llm_connect_timeout_seconds.max(1)),
+                first_token_timeout: Duration::from_secs(config.llm_first_token_timeout_seconds.max(1)),
+                idle_timeout: Duration::from_secs(config.llm_idle_timeout_seconds.max(1)),
+                max_retries: config.llm_max_retries,
+                retry_base_delay: Duration::from_millis(config.llm_retry_base_ms),
+                max_tokens: config.llm_max_tokens,
+                temperature: config.llm_temperature,
+                max_response_bytes: 32 * 1024 * 1024,
+            })?;
+            tracing::info!(base_url, model = %config.llm_model, "assistants use an OpenAI-compatible model");
+            Provider::Llm(client)
+        }
+        None => {
+            tracing::warn!(
+                "LLM_BASE_URL is not set: the assistants use the built-in OFFLINE provider, which drafts from \
+                 the user's own documents and is not a model"
+            );
+            Provider::Offline
+        }
+    };
+    let web = match config.search_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => Some(WebSearch::new(url, Duration::from_secs(config.search_timeout_seconds.max(1)))?),
+        None => None,
+    };
+    Ok(Assistants {
+        db: db.clone(),
+        sessions,
+        streams,
+        provider,
+        prompts: Prompts::load(config.prompts_dir.as_deref())?,
+        web,
+        settings: AssistSettings {
+            max_tool_rounds: config.ai_max_tool_rounds,
+            max_answer_chars: config.ai_max_answer_chars,
+            delta_interval: Duration::from_millis(config.ai_delta_interval_ms),
+            turn_timeout,
+        },
+    })
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets

@@ -172,6 +172,83 @@ pub struct Config {
     #[arg(long, env = "IMPORT_STAGE_DELAY_MS", default_value_t = 0)]
     pub import_stage_delay_ms: u64,
 
+    /// OpenAI-compatible chat-completions base URL, including `/v1` (OpenAI, DeepSeek, Qwen, vLLM, Ollama).
+    /// Unset: the assistants use the built-in offline provider.
+    #[arg(long, env = "LLM_BASE_URL")]
+    pub llm_base_url: Option<String>,
+    /// API key sent as a bearer token to the LLM endpoint.
+    #[arg(long, env = "LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    /// Model name sent to the LLM endpoint.
+    #[arg(long, env = "LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub llm_model: String,
+    /// Time allowed to connect to the LLM endpoint.
+    #[arg(long, env = "LLM_CONNECT_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub llm_connect_timeout_seconds: u64,
+    /// Time allowed from sending a request to the model's first token.
+    #[arg(long, env = "LLM_FIRST_TOKEN_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub llm_first_token_timeout_seconds: u64,
+    /// Longest silence of the model once it has started answering.
+    #[arg(long, env = "LLM_IDLE_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub llm_idle_timeout_seconds: u64,
+    /// Longest a whole answer (every model call and tool of one turn) may take.
+    #[arg(long, env = "AI_TURN_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub ai_turn_timeout_seconds: u64,
+    /// Retries of a model call on 429, 5xx or a failed connection (only before its first byte).
+    #[arg(long, env = "LLM_MAX_RETRIES", default_value_t = 2)]
+    pub llm_max_retries: u32,
+    /// First retry delay in milliseconds (doubled each retry; Retry-After wins when given).
+    #[arg(long, env = "LLM_RETRY_BASE_MS", default_value_t = 500)]
+    pub llm_retry_base_ms: u64,
+    /// `max_tokens` sent with each model call (unset: the model's default).
+    #[arg(long, env = "LLM_MAX_TOKENS")]
+    pub llm_max_tokens: Option<u32>,
+    /// `temperature` sent with each model call (unset: the model's default).
+    #[arg(long, env = "LLM_TEMPERATURE")]
+    pub llm_temperature: Option<f32>,
+    /// SearXNG-compatible search endpoint (queried as {SEARCH_URL}/search?q=…&format=json). Unset: no web search tool.
+    #[arg(long, env = "SEARCH_URL")]
+    pub search_url: Option<String>,
+    /// Time allowed for one web search.
+    #[arg(long, env = "SEARCH_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub search_timeout_seconds: u64,
+    /// Directory with `generate.md`, `optimize.md`, `search.md` overriding the built-in system prompts (each optional).
+    #[arg(long, env = "PROMPTS_DIR")]
+    pub prompts_dir: Option<PathBuf>,
+    /// How long a chat session is kept after its last turn.
+    #[arg(long, env = "CHAT_SESSION_TTL_SECONDS", default_value_t = 7200)]
+    pub chat_session_ttl_seconds: u64,
+    /// Messages kept per chat session (two per round; the oldest rounds go first).
+    #[arg(long, env = "CHAT_MAX_MESSAGES", default_value_t = 40)]
+    pub chat_max_messages: usize,
+    /// Lease of a running turn on its session; renewed while it runs, so a crashed instance's lock expires after this.
+    #[arg(long, env = "CHAT_LOCK_TTL_SECONDS", default_value_t = 30)]
+    pub chat_lock_ttl_seconds: u64,
+    /// Tool rounds a web-search turn may take before the model must answer.
+    #[arg(long, env = "AI_MAX_TOOL_ROUNDS", default_value_t = 3)]
+    pub ai_max_tool_rounds: u32,
+    /// Characters accepted in one message, passage or instruction.
+    #[arg(long, env = "AI_MAX_INPUT_CHARS", default_value_t = 20_000)]
+    pub ai_max_input_chars: usize,
+    /// Characters of one answer before it is cut (finish_reason "length").
+    #[arg(long, env = "AI_MAX_ANSWER_CHARS", default_value_t = 60_000)]
+    pub ai_max_answer_chars: usize,
+    /// Answer streams this instance runs at once before new ones are refused (503).
+    #[arg(long, env = "AI_MAX_STREAMS", default_value_t = 10_000)]
+    pub ai_max_streams: usize,
+    /// How long a stream's events stay available for resuming after its last event.
+    #[arg(long, env = "AI_STREAM_TTL_SECONDS", default_value_t = 3600)]
+    pub ai_stream_ttl_seconds: u64,
+    /// Events kept per stream for resuming (older ones are dropped first).
+    #[arg(long, env = "AI_STREAM_MAX_EVENTS", default_value_t = 10_000)]
+    pub ai_stream_max_events: usize,
+    /// Shortest interval between two delta events (deltas in between are merged): bounds events and Redis writes per stream.
+    #[arg(long, env = "AI_DELTA_INTERVAL_MS", default_value_t = 50)]
+    pub ai_delta_interval_ms: u64,
+    /// Interval of SSE keep-alive comments.
+    #[arg(long, env = "SSE_KEEPALIVE_SECONDS", default_value_t = 15)]
+    pub sse_keepalive_seconds: u64,
+
     /// On shutdown, how long imports in progress may take to finish.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -221,6 +298,23 @@ impl Config {
             "CHUNK_OVERLAP_CHARS must be smaller than CHUNK_SIZE_CHARS"
         );
         anyhow::ensure!(self.redis_command_timeout_ms >= 10, "REDIS_COMMAND_TIMEOUT_MS must be at least 10");
+        anyhow::ensure!(self.chat_max_messages >= 2, "CHAT_MAX_MESSAGES must be at least 2");
+        anyhow::ensure!(self.chat_session_ttl_seconds >= 60, "CHAT_SESSION_TTL_SECONDS must be at least 60");
+        anyhow::ensure!(self.chat_lock_ttl_seconds >= 1, "CHAT_LOCK_TTL_SECONDS must be at least 1");
+        anyhow::ensure!(self.ai_max_streams >= 1, "AI_MAX_STREAMS must be at least 1");
+        anyhow::ensure!(self.ai_stream_max_events >= 100, "AI_STREAM_MAX_EVENTS must be at least 100");
+        anyhow::ensure!(self.ai_stream_ttl_seconds >= 60, "AI_STREAM_TTL_SECONDS must be at least 60");
+        anyhow::ensure!(self.ai_max_input_chars >= 100, "AI_MAX_INPUT_CHARS must be at least 100");
+        anyhow::ensure!(self.ai_max_answer_chars >= 100, "AI_MAX_ANSWER_CHARS must be at least 100");
+        anyhow::ensure!(self.sse_keepalive_seconds >= 1, "SSE_KEEPALIVE_SECONDS must be at least 1");
+        for (name, url) in [("LLM_BASE_URL", &self.llm_base_url), ("SEARCH_URL", &self.search_url)] {
+            if let Some(url) = url.as_deref().filter(|u| !u.is_empty()) {
+                anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "{name} must be an http:// or https:// URL"
+                );
+            }
+        }
         if let Some(url) = &self.database_url {
             anyhow::ensure!(
                 url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"),

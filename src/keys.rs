@@ -68,6 +68,19 @@ impl KeySpace {
         Key(format!("{}:stream:{}:{user}:{stream}", self.base, kind.as_str()))
     }
 
+    /// `{p}:{env}:rl:session:{kind}:{user_id}:{task_id}`: the lease of the
+    /// turn running on a chat session (a concurrency lease, SPEC §2).
+    pub fn session_lease(&self, kind: SessionKind, user: &UserId, task: &TaskId) -> Key {
+        Key(format!("{}:rl:session:{}:{user}:{task}", self.base, kind.as_str()))
+    }
+
+    /// `{p}:{env}:events:cancel`: the pub/sub channel on which a cancel is
+    /// announced to the instance running the stream. A channel holds nothing
+    /// and has no TTL; it is named here so that it shares the namespace.
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:events:cancel", self.base)
+    }
+
     /// `{p}:{env}:queue:import`
     pub fn import_queue(&self) -> Key {
         Key(format!("{}:queue:import", self.base))

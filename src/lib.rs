@@ -22,15 +22,23 @@
 //!   that decides per feature which backend serves a call (SPEC §4).
 //! - [`stores`]: the typed stores on the state layer, which say *what* to do
 //!   with each kind of state: [`stores::tasks::TaskStatusStore`] (the
-//!   import-task state machine, enforced atomically in both backends) and
+//!   import-task state machine, enforced atomically in both backends),
 //!   [`stores::import_queue::ImportQueue`] (the Redis stream with a consumer
-//!   group, or this instance's bounded queue).
+//!   group, or this instance's bounded queue),
+//!   [`stores::chat::ChatSessionStore`] (conversations and their leases) and
+//!   [`stores::streams::StreamLog`] (answer events, for resuming).
 //! - [`import`]: upload sniffing, the parsers ([`import::text`],
 //!   [`import::html`], [`import::docx`], [`import::pdf`]) behind one
 //!   interface ([`import::parse`]), chunking ([`import::chunk`]), the parse
 //!   worker that runs them in a child process under time and memory limits
 //!   ([`import::isolate`]), and the import workers (leases, heartbeats,
 //!   take-over, idempotent storing).
+//! - [`assist`]: the three AI assistants (writing, polishing, web search
+//!   with tool calls): a turn runs in its own task under the session's
+//!   lease, streams its events through [`stores::streams`], and keeps the
+//!   conversation in [`stores::chat`]; the built-in offline provider
+//!   stands in when no model is configured. [`llm`] is the
+//!   OpenAI-compatible streaming client it calls.
 //! - [`search`]: Chinese-aware full-text search over a user's chunks (jieba
 //!   segmentation, SQLite FTS5 with BM25), used by the HTTP API and the
 //!   assistants.
@@ -42,6 +50,7 @@
 //! - [`telemetry`]: logging and the Prometheus recorder.
 
 pub mod app;
+pub mod assist;
 pub mod auth;
 pub mod config;
 pub mod db;

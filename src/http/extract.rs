@@ -55,6 +55,11 @@ pub struct AppJson<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct AppQuery<T>(pub T);
 
+/// `axum::extract::Path` with JSON errors.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct AppPath<T>(pub T);
+
 /// A body sent as JSON or as an HTML form (FastAPI's OAuth2 password form).
 pub struct JsonOrForm<T>(pub T);
 

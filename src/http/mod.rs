@@ -2,6 +2,7 @@
 //! merged here with the middleware every request passes through.
 
 mod admin;
+mod ai;
 mod auth;
 mod documents;
 pub mod extract;
@@ -30,6 +31,7 @@ pub fn router(app: Arc<App>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(auth::router())
+        .merge(ai::router())
         .merge(imports::router(app.config.max_upload_bytes()))
         .merge(documents::router())
         .merge(search::router())

@@ -59,6 +59,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn set(&self, key: &Key, value: &str, ttl: Duration) -> Result<(), BackendError>;
     /// True when something was deleted.
     async fn delete(&self, key: &Key) -> Result<bool, BackendError>;
+    /// Deletes `key` only if it holds `expected` (releasing a lease that is
+    /// still ours); true when it did.
+    async fn delete_if(&self, key: &Key, expected: &str) -> Result<bool, BackendError>;
     /// Remaining time to live; `None` when the key does not exist.
     async fn ttl(&self, key: &Key) -> Result<Option<Duration>, BackendError>;
     async fn update(

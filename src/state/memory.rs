@@ -132,6 +132,12 @@ impl Backend for MemoryBackend {
         Ok(self.lock().remove(key.as_str()))
     }
 
+    async fn delete_if(&self, key: &Key, expected: &str) -> Result<bool, BackendError> {
+        let mut inner = self.lock();
+        let matches = inner.live(key.as_str(), Instant::now()).is_some_and(|e| e.value == expected);
+        Ok(matches && inner.remove(key.as_str()))
+    }
+
     async fn ttl(&self, key: &Key) -> Result<Option<Duration>, BackendError> {
         let now = Instant::now();
         Ok(self.lock().live(key.as_str(), now).map(|e| e.expires_at - now))

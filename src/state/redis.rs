@@ -336,6 +336,94 @@ impl RedisBackend {
         }
     }
 
+    // Event logs of answer streams (for resuming on any instance).
+
+    /// Appends `(seq, event, data)` entries to the log `key`, capped at
+    /// about `max_len` entries and kept `ttl` after this write. True when a
+    /// cancel was requested since the previous append.
+    pub async fn events_append(
+        &self,
+        key: &Key,
+        entries: &[(u64, &str, &str)],
+        max_len: usize,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let k = key.as_str().to_owned();
+        let args: Vec<String> = entries
+            .iter()
+            .flat_map(|(seq, event, data)| [seq.to_string(), event.to_string(), data.to_string()])
+            .collect();
+        let cancelled: i64 = self
+            .call(|mut c| async move {
+                let mut inv = EVENTS_APPEND.key(k);
+                inv.arg(max_len).arg(millis(ttl));
+                for a in &args {
+                    inv.arg(a);
+                }
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(cancelled == 1)
+    }
+
+    /// Adds a cancel marker to the log `key` if it exists; false when it does not.
+    pub async fn events_cancel(&self, key: &Key, max_len: usize, ttl: Duration) -> Result<bool, BackendError> {
+        let k = key.as_str().to_owned();
+        let found: i64 = self
+            .call(|mut c| async move { EVENTS_CANCEL.key(k).arg(max_len).arg(millis(ttl)).invoke_async(&mut c).await })
+            .await?;
+        Ok(found == 1)
+    }
+
+    /// At most `count` entries of the log `key` after the entry id `after`
+    /// (from the start when `None`).
+    pub async fn events_range(
+        &self,
+        key: &Key,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, BackendError> {
+        let k = key.as_str().to_owned();
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let reply: redis::streams::StreamRangeReply = self
+            .call(|mut c| async move {
+                redis::cmd("XRANGE").arg(&k).arg(&start).arg("+").arg("COUNT").arg(count).query_async(&mut c).await
+            })
+            .await?;
+        Ok(reply.ids.iter().map(StreamEntry::from).collect())
+    }
+
+    pub async fn exists(&self, key: &Key) -> Result<bool, BackendError> {
+        let k = key.as_str().to_owned();
+        self.call(|mut c| async move { c.exists(k).await }).await
+    }
+
+    // Pub/sub: notices between instances (a channel is not a key: it holds
+    // nothing and needs no TTL).
+
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), BackendError> {
+        let (ch, msg) = (channel.to_owned(), message.to_owned());
+        self.call(|mut c| async move { c.publish::<_, _, ()>(ch, msg).await }).await
+    }
+
+    /// A subscription to `channel` on a connection of its own; its stream
+    /// ends when the connection is lost (the caller subscribes again).
+    pub async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSubStream, BackendError> {
+        if self.breaker.is_open() {
+            return Err(BackendError::Unavailable("circuit open".into()));
+        }
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        };
+        match tokio::time::timeout(self.settings.connect_timeout + self.command_timeout, connect).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(BackendError::Unavailable(e.to_string())),
+            Err(_) => Err(BackendError::Unavailable("subscribe timed out".into())),
+        }
+    }
+
     // Hash commands, used only for the flags hash (configuration, no TTL).
 
     pub async fn hgetall(&self, key: &Key) -> Result<HashMap<String, String>, BackendError> {
@@ -396,6 +484,47 @@ static STREAM_CREATE_GROUP: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(STREAM_CREATE_GROUP_LUA));
 
 static STREAM_ADD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(STREAM_ADD_LUA));
+
+/// Compare-and-delete: `ARGV[1]` is the value the key must hold.
+static DELETE_IF: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
+});
+
+/// Appends events to an answer's event log (a stream without consumer
+/// groups), capped and kept `ttl` after its last event, in one step.
+/// `ARGV`: max length, TTL in ms, then (seq, event, data) triples. Returns 1
+/// when the entry before them is a cancel marker ([`EVENTS_CANCEL_LUA`]):
+/// the generator learns of a cancel at its next write even if it missed
+/// the pub/sub notice.
+const EVENTS_APPEND_LUA: &str = r#"
+local cancelled = 0
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then
+  local f = last[1][2]
+  for i = 1, #f, 2 do
+    if f[i] == 'ctl' and f[i + 1] == 'cancel' then cancelled = 1 end
+  end
+end
+for i = 3, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'seq', ARGV[i], 'event', ARGV[i + 1], 'data', ARGV[i + 2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return cancelled
+"#;
+
+/// Marks an existing event log as cancelled. `ARGV`: max length, TTL in ms.
+/// Returns 0 when the log does not exist.
+const EVENTS_CANCEL_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'ctl', 'cancel')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+static EVENTS_APPEND: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(EVENTS_APPEND_LUA));
+static EVENTS_CANCEL: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(EVENTS_CANCEL_LUA));
 
 /// One stream entry: its id and its fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -482,6 +611,12 @@ impl Backend for RedisBackend {
     async fn delete(&self, key: &Key) -> Result<bool, BackendError> {
         let k = key.as_str().to_owned();
         let n: u64 = self.call(|mut c| async move { c.del(k).await }).await?;
+        Ok(n > 0)
+    }
+
+    async fn delete_if(&self, key: &Key, expected: &str) -> Result<bool, BackendError> {
+        let (k, v) = (key.as_str().to_owned(), expected.to_owned());
+        let n: i64 = self.call(|mut c| async move { DELETE_IF.key(k).arg(v).invoke_async(&mut c).await }).await?;
         Ok(n > 0)
     }
 

@@ -8,6 +8,14 @@
 //!   group when task status is served by Redis, else this instance's bounded
 //!   in-process queue. The durable record of each job is its staged upload in
 //!   SQL ([`crate::db::jobs`]).
+//! - [`chat`]: the assistants' conversations (append, trim and TTL refresh
+//!   in one atomic step; tombstones on delete) and the lease that lets one
+//!   turn at a time run on each.
+//! - [`streams`]: the events of AI answers, kept for resuming on any
+//!   instance (a Redis Stream per answer, or this instance's memory), and
+//!   cancelling across instances.
 
+pub mod chat;
 pub mod import_queue;
+pub mod streams;
 pub mod tasks;

@@ -2,6 +2,7 @@
 //! started by the harness (see `helpers.rs`). One binary, one module per
 //! area, as in zero-to-production.
 
+mod ai;
 mod auth;
 mod bad_files;
 mod corpus;
