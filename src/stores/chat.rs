@@ -97,7 +97,8 @@ pub struct Session {
 
 /// `ARGV`: ttl-ms, messages-json (an array), max messages, now-ms,
 /// seed-json-or-empty. The seed (this instance's memory copy) replaces the
-/// stored value when it is newer.
+/// stored value when it is newer. An append that would leave no user
+/// message (never a whole round) changes nothing and answers `empty`.
 const APPEND_LUA: &str = r#"
 local raw = redis.call('GET', KEYS[1])
 local cur = nil
@@ -121,10 +122,7 @@ while first <= #msgs and msgs[first].role ~= 'user' do first = first + 1 end
 local kept = {}
 for i = first, #msgs do kept[#kept + 1] = msgs[i] end
 if #added > 0 or tonumber(ARGV[4]) > updated then updated = tonumber(ARGV[4]) end
-if #kept == 0 then
-  redis.call('DEL', KEYS[1])
-  return {'empty', false}
-end
+if #kept == 0 then return {'empty', false} end
 local out = cjson.encode({messages = kept, updated_at = updated})
 redis.call('SET', KEYS[1], out, 'PX', ARGV[1])
 return {'applied', out}

@@ -377,7 +377,7 @@ async fn turning_the_flag_on_mid_import_loses_nothing() {
     assert!(keys.contains_key(&format!("langextract:test:task:import:{user}:{task}")), "{keys:?}");
 }
 
-fn layer(redis: &TestRedis) -> (Arc<StateLayer>, Arc<RedisBackend>) {
+pub fn layer(redis: &TestRedis) -> (Arc<StateLayer>, Arc<RedisBackend>) {
     let backend = Arc::new(
         RedisBackend::new(&RedisSettings {
             url: redis.url(),
