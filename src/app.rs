@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +38,10 @@ pub struct App {
     pub tokens: TokenKeys,
     /// Stops the background work (workers, monitors) of this app.
     pub background: CancellationToken,
+    /// Fires when the server starts shutting down: open SSE responses end
+    /// then (their clients resume on another instance), so that the
+    /// graceful shutdown is not held up by streams that last minutes.
+    pub stopping: CancellationToken,
 }
 
 impl App {
@@ -117,7 +122,8 @@ impl App {
             features = ?state.all_feature_status(),
             "reportd ready"
         );
-        Ok(Arc::new(Self { config, db, state, tasks, imports, assistants, tokens, background }))
+        let stopping = CancellationToken::new();
+        Ok(Arc::new(Self { config, db, state, tasks, imports, assistants, tokens, background, stopping }))
     }
 }
 
@@ -206,6 +212,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let router = crate::http::router(app.clone());
+    let stopping = app.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
+    };
+    // Without TCP_NODELAY, an SSE event written right after another waits
+    // for the client's delayed ACK (Nagle): ~20-40 ms on every first delta.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let result = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await

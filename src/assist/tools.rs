@@ -118,6 +118,7 @@ struct SearxResult {
 
 impl WebSearch {
     pub fn new(base: &str, timeout: Duration) -> anyhow::Result<Self> {
+        crate::llm::install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
             .timeout(timeout)

@@ -339,14 +339,16 @@ impl Turn {
         // for it can be raced against the delta timer and a cancel without
         // ever dropping a half-read chunk; dropping the pump (on any return)
         // drops the stream, which closes the upstream connection.
-        let (tx, mut rx) = mpsc::channel::<Result<Chunk, LlmError>>(64);
+        // Chunks travel boxed: a channel allocates its slots 32 at a time,
+        // and with 10,000 answers running the slot size adds up.
+        let (tx, mut rx) = mpsc::channel::<Result<Box<Chunk>, LlmError>>(64);
         let _pump = AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
                 let next = stream.next().await;
                 let last = !matches!(next, Ok(Some(Chunk::Delta(_))));
                 match next {
                     Ok(Some(chunk)) => {
-                        if tx.send(Ok(chunk)).await.is_err() {
+                        if tx.send(Ok(Box::new(chunk))).await.is_err() {
                             return;
                         }
                     }
@@ -366,7 +368,7 @@ impl Turn {
                 biased;
                 _ = cancel.cancelled() => return Err(Outcome::Cancelled),
                 _ = until(em.deadline()) => em.flush().await,
-                next = rx.recv() => match next {
+                next = rx.recv() => match next.map(|r| r.map(|chunk| *chunk)) {
                     Some(Ok(Chunk::Delta(text))) => {
                         if !em.delta(&text).await {
                             return Err(Outcome::Done { finish_reason: "length".into(), usage: None });

@@ -132,17 +132,24 @@ async fn search(
 
 async fn start(app: &Arc<App>, user: crate::ids::UserId, task: TaskId, input: Input) -> ApiResult<Response> {
     let (_, events) = app.assistants.start(user, task, input).await?;
-    Ok(sse(events, Duration::from_secs(app.config.sse_keepalive_seconds)))
+    Ok(sse(app, events))
 }
 
 /// The SSE response of a stream: one event per recorded event, its `id`
-/// the sequence number, keep-alive comments in between.
-fn sse(source: EventSource, keep_alive: Duration) -> Response {
-    let events = futures::stream::unfold(source, |mut source| async move {
-        let event = source.next().await?;
+/// the sequence number, keep-alive comments in between. It ends with the
+/// stream, or when the server shuts down (the answer goes on; the client
+/// resumes elsewhere with `Last-Event-ID`).
+fn sse(app: &App, source: EventSource) -> Response {
+    let stopping = app.stopping.clone();
+    let events = futures::stream::unfold((source, stopping), |(mut source, stopping)| async move {
+        let event = tokio::select! {
+            _ = stopping.cancelled() => None,
+            event = source.next() => event,
+        }?;
         let sse = SseEvent::default().id(event.seq.to_string()).event(event.event).data(event.data);
-        Some((Ok::<_, Infallible>(sse), source))
+        Some((Ok::<_, Infallible>(sse), (source, stopping)))
     });
+    let keep_alive = Duration::from_secs(app.config.sse_keepalive_seconds);
     let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -182,7 +189,7 @@ async fn resume(
     let after = last_event_id(&headers)?;
     let kind = kind_of(&id)?;
     let source = app.assistants.streams.subscribe(kind, &user, &id, after).await?.ok_or_else(stream_not_found)?;
-    Ok(sse(source, Duration::from_secs(app.config.sse_keepalive_seconds)))
+    Ok(sse(&app, source))
 }
 
 async fn cancel(

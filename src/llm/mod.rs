@@ -62,6 +62,15 @@ const EXCERPT_CHARS: usize = 200;
 /// How much of a non-200 body is read to quote from it.
 const ERROR_BODY_BYTES: usize = 8 * 1024;
 
+/// Makes TLS usable by every HTTP client of the process. reqwest is built
+/// without a bundled crypto provider (see Cargo.toml), and building a
+/// client without one panics: ring is installed as the process default,
+/// unless something else installed one first, in which case that one is
+/// used. Call it before building any `reqwest::Client`; it is idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Settings (built by the caller from config; no clap here).
 #[derive(Clone)]
 pub struct LlmSettings {
@@ -297,10 +306,7 @@ impl LlmClient {
         );
         anyhow::ensure!(!settings.model.trim().is_empty(), "LLM model must not be empty");
         anyhow::ensure!(settings.max_response_bytes > 0, "LLM max_response_bytes must be positive");
-        // reqwest is built without a bundled crypto provider (see Cargo.toml);
-        // ring is installed as the process default unless something else
-        // installed one first, in which case that one is used.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             // Chat-completions endpoints do not redirect; following one could

@@ -141,6 +141,27 @@ fn with_llm(s: Settings, llm: &FakeLlm) -> Settings {
         .set("AI_DELTA_INTERVAL_MS", "20")
 }
 
+/// Two instances of one service (one Redis, one database) on one fake model.
+struct Pair {
+    redis: TestRedis,
+    llm: FakeLlm,
+    a: TestApp,
+    b: TestApp,
+    _dir: tempfile::TempDir,
+}
+
+impl Pair {
+    async fn start() -> Self {
+        let redis = TestRedis::start().await;
+        let llm = FakeLlm::start().await;
+        let dir = tempfile::TempDir::new().unwrap();
+        let settings = with_llm(Settings::new(dir.path()).with_redis(&redis), &llm);
+        let a = TestApp::start(settings.clone()).await;
+        let b = TestApp::start(settings).await;
+        Self { redis, llm, a, b, _dir: dir }
+    }
+}
+
 async fn session(c: &Client, token: &str, kind: &str, task: &str) -> (u16, Value) {
     let r = c.get(token, &format!("/ai/sessions/{kind}/{task}")).await;
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
@@ -437,12 +458,7 @@ async fn without_search_url_web_search_is_not_offered() {
 /// stream belongs to its owner only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_resumes_on_the_other_instance() {
-    let redis = TestRedis::start().await;
-    let llm = FakeLlm::start().await;
-    let dir = tempfile::TempDir::new().unwrap();
-    let settings = with_llm(Settings::new(dir.path()).with_redis(&redis), &llm);
-    let a = TestApp::start(settings.clone()).await;
-    let b = TestApp::start(settings).await;
+    let Pair { redis, llm, a, b, _dir } = Pair::start().await;
     let token = a.client.user("resumer").await;
     let other = a.client.user("snoop").await;
     let chunks: Vec<String> = (0..40).map(|i| format!("片段{i:02}；")).collect();
@@ -503,12 +519,7 @@ async fn a_stream_resumes_on_the_other_instance() {
 /// kept, marked; cancelling again, or a finished stream, is still 204.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_on_the_other_instance_stops_the_upstream_call() {
-    let redis = TestRedis::start().await;
-    let llm = FakeLlm::start().await;
-    let dir = tempfile::TempDir::new().unwrap();
-    let settings = with_llm(Settings::new(dir.path()).with_redis(&redis), &llm);
-    let a = TestApp::start(settings.clone()).await;
-    let b = TestApp::start(settings).await;
+    let Pair { redis: _redis, llm, a, b, _dir } = Pair::start().await;
     let token = a.client.user("canceller").await;
     let other = a.client.user("stranger").await;
     llm.push(Reply::Hang { chunks: vec!["已经写了".into()] });
@@ -845,4 +856,46 @@ fn lua_and_rust_chat_appends_agree() {
             }
         });
     });
+}
+
+/// SIGTERM with an answer streaming: the instance ends its open SSE
+/// responses (the client can resume elsewhere) instead of waiting minutes
+/// for them, and exits by itself.
+#[tokio::test]
+async fn sigterm_does_not_wait_for_open_streams() {
+    let llm = FakeLlm::start().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let settings = with_llm(Settings::new(dir.path()), &llm);
+    let mut p = TestProcess::start(&settings, dir.path(), "stopping").await;
+    let token = p.client.user("stopper").await;
+    llm.push(Reply::Hang { chunks: vec!["一直写".into()] });
+    let r = ask(&p.client, &token, "generate", json!({"task_id": "st", "message": "写"})).await;
+    let mut reader = SseReader::new(r);
+    assert_eq!(reader.next().await.unwrap().event, "start");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = p.terminate(Duration::from_secs(60));
+        (status, p)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.is_some_and(|s| s.success()), "exited by itself: {}", status.1.read_log());
+    let rest = tokio::time::timeout(Duration::from_secs(10), reader.rest()).await.unwrap();
+    assert!(rest.iter().all(|e| e.event != "done"), "the response ended, not the answer: {rest:?}");
+}
+
+/// A process of its own with web search and no model (the offline
+/// provider): it starts (TLS is set up for every HTTP client, not only the
+/// model's) and its search turn queries the web.
+#[tokio::test]
+async fn an_offline_instance_with_web_search_starts_and_searches() {
+    let searx = FakeSearx::start().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let settings = Settings::new(dir.path()).set("SEARCH_URL", &searx.base_url);
+    let p = TestProcess::start(&settings, dir.path(), "offline-web").await;
+    let token = p.client.user("offline-web").await;
+    let events = turn(&p.client, &token, "search", json!({"task_id": "w", "message": "火星"})).await;
+    assert_eq!(events[0].data["provider"], "offline");
+    assert!(events.iter().any(|e| e.event == "tool_result" && e.data["name"] == "web_search"));
+    assert_eq!(searx.queries(), ["火星"]);
+    assert!(p.read_log().contains("OFFLINE provider"), "the start-up log says so");
 }

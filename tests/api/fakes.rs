@@ -149,6 +149,11 @@ impl FakeLlm {
 async fn spawn(app: Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a fake server");
     let addr = listener.local_addr().unwrap();
+    // As real model servers do: without TCP_NODELAY a chunk written soon
+    // after the headers waits for the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

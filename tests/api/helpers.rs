@@ -326,6 +326,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str) -> Self {
+        // reqwest is built without a bundled TLS provider: building a client
+        // without one installed panics.
+        reportd::llm::install_tls_provider();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         Self { base: base.to_owned(), http }
     }

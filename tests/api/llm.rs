@@ -547,6 +547,7 @@ async fn an_oversized_answer_is_cut_off() {
 #[tokio::test]
 async fn fake_searx_answers_json_and_refuses_other_formats() {
     let searx = crate::fakes::FakeSearx::start().await;
+    reportd::llm::install_tls_provider();
     let http = reqwest::Client::new();
     let url = |params: &[(&str, &str)]| {
         reqwest::Url::parse_with_params(&format!("{}/search", searx.base_url), params).unwrap()
