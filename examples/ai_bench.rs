@@ -222,6 +222,55 @@ async fn writes(binary: &str, redis_url: &str) {
     }
 }
 
+/// The SSE side alone, on an instance of its own: clients following one
+/// running answer (resumes), each an open SSE response and nothing else.
+async fn followers(binary: &str, n: usize) {
+    let llm = FakeLlm::start().await;
+    let env = [
+        ("LLM_BASE_URL", llm.base_url.clone()),
+        ("LLM_IDLE_TIMEOUT_SECONDS", "3600".into()),
+        ("AI_TURN_TIMEOUT_SECONDS", "3600".into()),
+    ];
+    let svc = Service::start(binary, &env).await;
+    for i in 0..50 {
+        llm.push(Reply::Text { chunks: vec!["热身".into()], delay_ms: 1 });
+        let r = svc.open(&format!("warm{i}")).await;
+        until_block(r, |b| b.contains("event: done")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    llm.push(Reply::Hang { chunks: vec!["正在写".into()] });
+    let first = svc.open("followed").await;
+    let mut first_body = first.bytes_stream();
+    let head = String::from_utf8_lossy(&first_body.next().await.unwrap().unwrap()).into_owned();
+    let stream_id = head.split("\"stream_id\":\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let base_rss = svc.rss_kb();
+    let mut followers = Vec::with_capacity(n);
+    for b in 0..n.div_ceil(250) {
+        let opens = (b * 250..((b + 1) * 250).min(n)).map(|_| {
+            let (svc, url) = (&svc, format!("{}/ai/streams/{stream_id}", svc.base));
+            async move {
+                let r = svc.http.get(url).bearer_auth(&svc.token).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let mut body = r.bytes_stream();
+                body.next().await.expect("the replay").unwrap();
+                body
+            }
+        });
+        followers.extend(futures::future::join_all(opens).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = svc.rss_kb();
+    println!("SSE responses alone ({} clients following one answer, Last-Event-ID resumes):", followers.len());
+    println!(
+        "  resident memory: {:.1} MiB before, {:.1} MiB with them: {:.1} KiB per SSE response",
+        base_rss as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        (rss.saturating_sub(base_rss)) as f64 / followers.len() as f64
+    );
+    drop(followers);
+    drop(first_body);
+}
+
 async fn streams(binary: &str, n: usize) {
     let llm = FakeLlm::start().await;
     let env = [
@@ -240,6 +289,7 @@ async fn streams(binary: &str, n: usize) {
         until_block(r, |b| b.contains("event: done")).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+
     let base_rss = svc.rss_kb();
     for _ in 0..n {
         llm.push(Reply::Hang { chunks: vec!["正在写".into()] });
@@ -288,7 +338,11 @@ async fn main() {
     match args.get(2).map(String::as_str) {
         Some("latency") => latency(binary, args.get(3).map_or(200, |n| n.parse().unwrap())).await,
         Some("writes") => writes(binary, args.get(3).expect(usage)).await,
-        Some("streams") => streams(binary, args.get(3).map_or(10_000, |n| n.parse().unwrap())).await,
+        Some("streams") => {
+            let n = args.get(3).map_or(10_000, |n| n.parse().unwrap());
+            streams(binary, n).await;
+            followers(binary, n).await;
+        }
         _ => panic!("{usage}"),
     }
 }
