@@ -34,9 +34,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::ids::{SessionKind, StreamId, UserId};
-use crate::keys::Key;
-use crate::state::{BackendError, Feature, RedisBackend, StateError, StateLayer};
+use crate::ids::{SessionKind, StreamId, TaskId, UserId};
+use crate::keys::{Key, KeySpace};
+use crate::state::{Backend, BackendError, Feature, RedisBackend, StateError, StateLayer};
 
 /// One recorded event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +72,8 @@ pub struct StreamSettings {
     /// How often a client resuming from Redis looks for new events.
     pub poll_interval: Duration,
     /// A stream read from Redis that gains no event for this long has lost
-    /// its generator (its instance died): the reader ends it with an error.
+    /// its generator, whatever its lease says (the lease, when the `start`
+    /// event names it, tells much sooner: see `Generator`).
     pub stale_after: Duration,
 }
 
@@ -250,6 +251,15 @@ impl StreamLog {
             settings: self.settings,
             last_seen: Instant::now(),
             ended: false,
+            generator: Generator {
+                keys: self.state.keys().clone(),
+                kind,
+                user: user.clone(),
+                stream: id.clone(),
+                lease: None,
+                checked: Instant::now(),
+                gone_since: None,
+            },
         })))
     }
 
@@ -382,6 +392,55 @@ impl EventSource {
     }
 }
 
+/// How a reader of a stream from Redis tells that the instance producing
+/// it died: the turn holds its session's lease, whose value is the stream
+/// id, for as long as it runs (renewed every third of
+/// `CHAT_LOCK_TTL_SECONDS`). The session is named by the `start` event.
+struct Generator {
+    keys: KeySpace,
+    kind: SessionKind,
+    user: UserId,
+    stream: StreamId,
+    lease: Option<Key>,
+    checked: Instant,
+    gone_since: Option<Instant>,
+}
+
+/// How often a silent stream's lease is looked at.
+const LEASE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// A turn releases its lease just before writing its last event: a lease
+/// gone for this long, with no last event, means the generator is gone.
+const LEASE_GONE_GRACE: Duration = Duration::from_secs(2);
+
+impl Generator {
+    /// Learns the session from the `start` event.
+    fn saw(&mut self, event: &Event) {
+        if event.event == "start"
+            && let Ok(data) = serde_json::from_str::<serde_json::Value>(&event.data)
+            && let Some(task) = data["task_id"].as_str().and_then(|t| TaskId::parse(t).ok())
+        {
+            self.lease = Some(self.keys.session_lease(self.kind, &self.user, &task));
+        }
+    }
+
+    /// True once the stream's turn has been without its lease for
+    /// [`LEASE_GONE_GRACE`].
+    async fn is_gone(&mut self, redis: &RedisBackend) -> bool {
+        let Some(lease) = &self.lease else { return false };
+        if self.checked.elapsed() >= LEASE_CHECK_EVERY {
+            self.checked = Instant::now();
+            match redis.get(lease).await {
+                Ok(holder) if holder.as_deref() == Some(self.stream.as_str()) => self.gone_since = None,
+                Ok(_) => {
+                    self.gone_since.get_or_insert_with(Instant::now);
+                }
+                Err(_) => {} // Redis unreachable: no verdict.
+            }
+        }
+        self.gone_since.is_some_and(|at| at.elapsed() >= LEASE_GONE_GRACE)
+    }
+}
+
 /// A stream read from Redis (it runs, or ran, on another instance).
 pub struct RemoteSource {
     redis: Arc<RedisBackend>,
@@ -392,6 +451,7 @@ pub struct RemoteSource {
     settings: StreamSettings,
     last_seen: Instant,
     ended: bool,
+    generator: Generator,
 }
 
 impl RemoteSource {
@@ -415,9 +475,11 @@ impl RemoteSource {
                         else {
                             continue; // a cancel marker
                         };
+                        let event = Event { seq, event: event.clone(), data: data.clone() };
+                        self.generator.saw(&event);
                         if seq > self.after {
                             self.after = seq;
-                            self.queue.push_back(Event { seq, event: event.clone(), data: data.clone() });
+                            self.queue.push_back(event);
                         }
                     }
                     continue;
@@ -425,7 +487,7 @@ impl RemoteSource {
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "resumed stream not read from Redis"),
             }
-            if self.last_seen.elapsed() >= self.settings.stale_after {
+            if self.generator.is_gone(&self.redis).await || self.last_seen.elapsed() >= self.settings.stale_after {
                 self.after += 1;
                 self.queue.push_back(Event {
                     seq: self.after,

@@ -324,33 +324,48 @@ async fn a_second_concurrent_turn_gets_409() {
     turn(c, &token, "generate", json!({"task_id": "b", "message": "现在可以了"})).await;
 }
 
-/// The lock left by a killed instance expires (CHAT_LOCK_TTL_SECONDS), and
+/// The lock left by a killed instance expires (CHAT_LOCK_TTL_SECONDS), a
+/// client resuming its answer elsewhere learns that the answer is lost, and
 /// the conversation goes on on another instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_of_a_killed_instance_expires() {
     let redis = TestRedis::start().await;
     let llm = FakeLlm::start().await;
     let dir = tempfile::TempDir::new().unwrap();
-    let settings = with_llm(Settings::new(dir.path()).with_redis(&redis), &llm).set("CHAT_LOCK_TTL_SECONDS", "2");
+    let settings = with_llm(Settings::new(dir.path()).with_redis(&redis), &llm).set("CHAT_LOCK_TTL_SECONDS", "5");
     let mut p = TestProcess::start(&settings, dir.path(), "doomed").await;
     let token = p.client.user("crash").await;
     llm.push(Reply::Hang { chunks: vec!["写到一半".into()] });
     let r = ask(&p.client, &token, "generate", json!({"task_id": "lk", "message": "开始"})).await;
     assert_eq!(r.status(), 200);
     let mut reader = SseReader::new(r);
-    let mut saw_delta = false;
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(30), reader.next()).await {
-        if ev.event == "delta" {
-            saw_delta = true;
-            break;
-        }
-    }
-    assert!(saw_delta);
+    let start = reader.next().await.unwrap();
+    let stream_id = start.data["stream_id"].as_str().unwrap().to_owned();
+    let delta = tokio::time::timeout(Duration::from_secs(30), reader.next()).await.unwrap().unwrap();
+    assert_eq!(delta.event, "delta");
     p.kill();
 
     let b = TestApp::start(settings.clone()).await;
     let r = ask(&b.client, &token, "generate", json!({"task_id": "lk", "message": "还锁着吗"})).await;
     assert_eq!(r.status(), 409, "the dead instance's lease is still there");
+    // A client resuming the dead instance's answer is told it is lost once
+    // the answer's lease has expired, not left waiting.
+    let r = b
+        .client
+        .http
+        .get(b.client.url(&format!("/ai/streams/{stream_id}")))
+        .bearer_auth(&token)
+        .header("Last-Event-ID", delta.id.unwrap().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rest = SseReader::new(r).rest().await;
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0].event, "error");
+    assert_eq!(rest[0].data["code"], "stream_lost");
+    assert_eq!(rest[0].id, Some(delta.id.unwrap() + 1));
+
     let started = Instant::now();
     eventually(Duration::from_secs(20), "the lease expires", || async {
         ask(&b.client, &token, "generate", json!({"task_id": "lk", "message": "继续"})).await.status() == 200
