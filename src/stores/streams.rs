@@ -242,7 +242,7 @@ impl StreamLog {
         if !redis.exists(&key).await.map_err(unavailable)? {
             return Ok(None);
         }
-        Ok(Some(EventSource::Remote(RemoteSource {
+        Ok(Some(EventSource::Remote(Box::new(RemoteSource {
             redis: redis.clone(),
             key,
             last_id: None,
@@ -260,7 +260,7 @@ impl StreamLog {
                 checked: Instant::now(),
                 gone_since: None,
             },
-        })))
+        }))))
     }
 
     /// Asks the instance running a stream to stop it. False when no such
@@ -361,7 +361,7 @@ impl StreamLog {
 /// Where a reader gets a stream's events from.
 pub enum EventSource {
     Local { live: Arc<LiveStream>, rx: watch::Receiver<(u64, bool)>, next: u64 },
-    Remote(RemoteSource),
+    Remote(Box<RemoteSource>),
 }
 
 impl EventSource {
