@@ -504,3 +504,110 @@ impl RemoteSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::keys::KeySpace;
+    use crate::state::{FallbackMode, Flags, MemoryBackend};
+
+    fn log(max_running: usize, max_events: usize, finished_budget: usize) -> StreamLog {
+        let state = StateLayer::new(
+            KeySpace::new("t", "test").unwrap(),
+            Arc::new(MemoryBackend::new(100)),
+            None,
+            Arc::new(Flags::new(BTreeMap::new())),
+            true,
+            FallbackMode::Memory,
+        );
+        StreamLog::new(
+            Arc::new(state),
+            StreamSettings {
+                ttl: Duration::from_secs(3600),
+                max_events,
+                max_running,
+                finished_budget,
+                poll_interval: Duration::from_millis(100),
+                stale_after: Duration::from_secs(60),
+            },
+        )
+    }
+
+    fn id(n: usize) -> StreamId {
+        StreamId::parse(&format!("generate-{n:032}")).unwrap()
+    }
+
+    fn event(seq: u64, data: &str) -> Event {
+        Event { seq, event: "delta".into(), data: data.into() }
+    }
+
+    #[tokio::test]
+    async fn running_answers_are_capped_and_finishing_frees_a_place() {
+        let log = log(2, 100, 1 << 20);
+        let user = UserId::parse("u").unwrap();
+        let a = log.open(SessionKind::Generate, &user, &id(1)).unwrap();
+        let _b = log.open(SessionKind::Generate, &user, &id(2)).unwrap();
+        assert!(log.open(SessionKind::Generate, &user, &id(3)).is_err());
+        log.finish(&a);
+        log.finish(&a);
+        assert_eq!(log.running(), 1, "finishing twice frees one place");
+        assert!(log.open(SessionKind::Generate, &user, &id(3)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn events_per_answer_are_capped_and_readers_get_them_in_order() {
+        let log = log(10, 100, 1 << 20);
+        let user = UserId::parse("u").unwrap();
+        let live = log.open(SessionKind::Search, &user, &id(1)).unwrap();
+        for seq in 1..=250 {
+            log.record(&live, vec![event(seq, "x")]).await;
+        }
+        log.finish(&live);
+        let mut from_start = EventSource::from_live(live.clone(), 0);
+        let first = from_start.next().await.unwrap();
+        assert_eq!(first.seq, 151, "the oldest events were dropped");
+        let mut count = 1;
+        while let Some(e) = from_start.next().await {
+            assert_eq!(e.seq, first.seq + count);
+            count += 1;
+        }
+        assert_eq!(count, 100);
+        let mut late = log.subscribe(SessionKind::Search, &user, &id(1), 240).await.unwrap().unwrap();
+        assert_eq!(late.next().await.unwrap().seq, 241);
+        let other = UserId::parse("v").unwrap();
+        assert!(log.subscribe(SessionKind::Search, &other, &id(1), 0).await.unwrap().is_none(), "owner only");
+    }
+
+    #[tokio::test]
+    async fn finished_answers_beyond_the_budget_are_forgotten_oldest_first() {
+        let log = log(10, 1000, 10_000);
+        let user = UserId::parse("u").unwrap();
+        for n in 0..5 {
+            let live = log.open(SessionKind::Optimize, &user, &id(n)).unwrap();
+            log.record(&live, vec![event(1, &"x".repeat(3000))]).await;
+            log.finish(&live);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let running = log.open(SessionKind::Optimize, &user, &id(9)).unwrap();
+        log.record(&running, vec![event(1, &"y".repeat(50_000))]).await;
+        log.sweep();
+        let kept: Vec<usize> =
+            futures::future::join_all(
+                (0..5).map(|n| {
+                    let log = &log;
+                    let user = user.clone();
+                    async move {
+                        log.subscribe(SessionKind::Optimize, &user, &id(n), 0).await.unwrap().is_some().then_some(n)
+                    }
+                }),
+            )
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(kept, [2, 3, 4], "the newest that fit the budget");
+        assert!(log.subscribe(SessionKind::Optimize, &user, &id(9), 0).await.unwrap().is_some(), "running: kept");
+    }
+}

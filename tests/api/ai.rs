@@ -914,3 +914,34 @@ async fn an_offline_instance_with_web_search_starts_and_searches() {
     assert_eq!(searx.queries(), ["火星"]);
     assert!(p.read_log().contains("OFFLINE provider"), "the start-up log says so");
 }
+
+/// The cancel marker alone stops an answer: a cancel whose pub/sub notice
+/// the running instance missed is seen at its next write to the stream.
+#[tokio::test]
+async fn a_cancel_marker_in_the_stream_stops_the_answer() {
+    let redis = TestRedis::start().await;
+    let llm = FakeLlm::start().await;
+    let t = TestApp::spawn(|s| with_llm(s.with_redis(&redis), &llm)).await;
+    let c = &t.client;
+    let token = c.user("marker").await;
+    let user = c.json(&token, "/auth/me").await["id"].as_str().unwrap().to_owned();
+    llm.push(Reply::Text { chunks: (0..400).map(|i| format!("{i},")).collect(), delay_ms: 25 });
+    let mut reader = SseReader::new(ask(c, &token, "generate", json!({"task_id": "m", "message": "长"})).await);
+    let start = reader.next().await.unwrap();
+    let stream_id = start.data["stream_id"].as_str().unwrap().to_owned();
+    assert_eq!(reader.next().await.unwrap().event, "delta");
+    // What the cancel endpoint writes, without its pub/sub notice.
+    let key = format!("langextract:test:stream:generate:{user}:{stream_id}");
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("ctl")
+        .arg("cancel")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(30), reader.rest()).await.unwrap();
+    assert_eq!(last(&rest).data["finish_reason"], "cancelled", "{rest:?}");
+    assert!(text_of(&rest).len() < (0..400).map(|i| format!("{i},")).collect::<String>().len());
+    eventually(Duration::from_secs(10), "the upstream call is dropped", || async { llm.dropped_streams() == 1 }).await;
+}
