@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 use super::extract::{AppJson, CurrentUser, JsonOrForm};
 use crate::app::App;
@@ -45,15 +46,87 @@ struct MeView {
     is_admin: bool,
 }
 
-/// A username: 1 to 64 characters once trimmed, no control characters.
-pub fn check_username(name: &str) -> Result<&str, ApiError> {
-    let name = name.trim();
-    let ok = (1..=64).contains(&name.chars().count()) && !name.chars().any(char::is_control);
-    if ok {
-        Ok(name)
-    } else {
-        Err(ApiError::unprocessable("invalid_username", "username must be 1 to 64 printable characters"))
+/// The most characters a username may have once normalised.
+const MAX_USERNAME_CHARS: usize = 64;
+
+/// A bound on the raw input checked before normalising it, so that a huge
+/// name is refused without first being normalised. NFKC shrinks text by at
+/// most three to one (a decomposed Hangul syllable, L + V + T jamo), so no
+/// name longer than this can fit in [`MAX_USERNAME_CHARS`] afterwards.
+const MAX_RAW_USERNAME_CHARS: usize = 4 * MAX_USERNAME_CHARS;
+
+/// Checks a username and returns the form to store and display: the input
+/// trimmed and NFKC-normalised (so fullwidth `ａｌｉｃｅ` is stored as
+/// `alice`), 1 to 64 characters long, with no control, format, invisible,
+/// line-separating or private-use character.
+///
+/// Uniqueness is not decided here but on the case-folded key the database
+/// derives from this form (see `Database::create_user`), so `ALICE` and
+/// `alice` are one account.
+pub fn check_username(name: &str) -> Result<String, ApiError> {
+    let invalid = || ApiError::unprocessable("invalid_username", "username must be 1 to 64 printable characters");
+    let raw = name.trim();
+    if raw.chars().count() > MAX_RAW_USERNAME_CHARS {
+        return Err(invalid());
     }
+    // Normalise first and check afterwards: what is stored (and later
+    // compared) is the normalised text, so that is what must be clean. NFKC
+    // can turn a non-breaking or ideographic space into a plain one, hence
+    // the second trim.
+    let normalised: String = raw.nfkc().collect();
+    let normalised = normalised.trim();
+    let ok = (1..=MAX_USERNAME_CHARS).contains(&normalised.chars().count())
+        && !normalised.chars().any(is_forbidden_in_username);
+    if ok { Ok(normalised.to_owned()) } else { Err(invalid()) }
+}
+
+/// Characters a username may not contain: those that render as nothing, or
+/// that change how the characters around them render, so that two names
+/// which look the same would otherwise be different accounts.
+///
+/// Rust's standard library knows only the control characters (category Cc);
+/// the rest is listed here by hand from Unicode 15.1: every format character
+/// (category Cf: zero-width space, joiners, BOM, bidirectional marks,
+/// embeddings, overrides and isolates, ...), the other default-ignorable code
+/// points (variation selectors, Hangul fillers, the combining grapheme joiner,
+/// ...), the line and paragraph separators, and the private-use areas, whose
+/// glyphs depend on the font. Unassigned code points are accepted: telling
+/// them apart needs the full character database, and NFKC leaves them alone.
+fn is_forbidden_in_username(c: char) -> bool {
+    if c.is_control() {
+        return true;
+    }
+    matches!(
+        u32::from(c),
+        0x00AD // soft hyphen
+            | 0x034F // combining grapheme joiner
+            | 0x0600..=0x0605 // Arabic prepended concatenation marks
+            | 0x061C // Arabic letter mark
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x115F..=0x1160 // Hangul choseong and jungseong fillers
+            | 0x17B4..=0x17B5 // Khmer inherent vowels
+            | 0x180B..=0x180F // Mongolian variation selectors and vowel separator
+            | 0x200B..=0x200F // zero-width space, ZWNJ, ZWJ, LRM, RLM
+            | 0x2028..=0x2029 // line and paragraph separators
+            | 0x202A..=0x202E // bidirectional embeddings and overrides
+            | 0x2060..=0x206F // word joiner, invisible operators, bidirectional isolates, deprecated formats
+            | 0x3164 // Hangul filler
+            | 0xE000..=0xF8FF // private use
+            | 0xFE00..=0xFE0F // variation selectors
+            | 0xFEFF // zero-width no-break space (BOM)
+            | 0xFFA0 // halfwidth Hangul filler
+            | 0xFFF0..=0xFFFB // reserved default-ignorables and interlinear annotation
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F // Egyptian hieroglyph format controls
+            | 0x1BCA0..=0x1BCA3 // shorthand format controls
+            | 0x1D173..=0x1D17A // musical symbol format controls
+            | 0xE0000..=0xE0FFF // tags and variation selectors supplement
+            | 0xF0000..=0x10FFFF // supplementary private use areas
+    )
 }
 
 pub fn check_password(password: &str) -> Result<(), ApiError> {
@@ -68,14 +141,17 @@ async fn register(
     State(app): State<Arc<App>>,
     AppJson(c): AppJson<Credentials>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
-    let username = check_username(&c.username)?.to_owned();
+    let username = check_username(&c.username)?;
     check_password(&c.password)?;
     let user = app.create_user(&username, c.password, false).await?;
     Ok((StatusCode::CREATED, Json(UserView { id: user.id, username: user.username })))
 }
 
 async fn login(State(app): State<Arc<App>>, JsonOrForm(c): JsonOrForm<Credentials>) -> ApiResult<Json<TokenView>> {
-    let user = app.db.user_by_name(c.username.trim()).await?;
+    // The lookup is by the canonical key, so `ALICE` or fullwidth `ａｌｉｃｅ`
+    // logs in as `alice`: the same spellings that registration refuses as
+    // taken (see `Database::user_for_login`).
+    let user = app.db.user_for_login(&c.username).await?;
     // Verify against a dummy hash for unknown names so that timing does not
     // tell which usernames exist.
     let hash = user.as_ref().map_or_else(|| dummy_hash().to_owned(), |u| u.password_hash.clone());
@@ -105,5 +181,50 @@ impl App {
             Err(e) if is_unique_violation(&e) => Err(ApiError::conflict("username_taken", "this username is taken")),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_normalised_and_invisible_characters_refused() {
+        assert_eq!(check_username("  alice ").unwrap(), "alice");
+        assert_eq!(check_username("ａｌｉｃｅ").unwrap(), "alice");
+        assert_eq!(check_username("ALICE").unwrap(), "ALICE", "the displayed name keeps its case");
+        assert_eq!(check_username("cafe\u{301}").unwrap(), "café");
+        assert_eq!(check_username("\u{3000}bob\u{a0}").unwrap(), "bob");
+        assert_eq!(check_username("alice smith").unwrap(), "alice smith");
+        assert_eq!(check_username("张伟").unwrap(), "张伟");
+        for bad in [
+            "",
+            "   ",
+            "ali\u{200B}ce",
+            "\u{FEFF}alice",
+            "alice\u{200D}",
+            "ali\u{200C}ce",
+            "\u{202E}ecila",
+            "\u{2066}alice\u{2069}",
+            "alice\u{200E}",
+            "alice\u{61C}",
+            "alice\u{AD}",
+            "alice\u{FE0F}",
+            "\u{3164}",
+            "alice\u{E000}",
+            "alice\u{E0041}",
+            "bad\nname",
+            "a\u{2028}b",
+        ] {
+            let err = check_username(bad).unwrap_err();
+            assert_eq!(err.code, "invalid_username", "{bad:?}");
+        }
+        // The length limit applies to the normalised name: 16 × ㍿ is 64
+        // characters once expanded, 17 × ㍿ is 68.
+        assert_eq!(check_username(&"a".repeat(64)).unwrap().len(), 64);
+        assert!(check_username(&"a".repeat(65)).is_err());
+        assert_eq!(check_username(&"㍿".repeat(16)).unwrap().chars().count(), 64);
+        assert!(check_username(&"㍿".repeat(17)).is_err());
+        assert!(check_username(&"a".repeat(1 << 20)).is_err());
     }
 }

@@ -71,6 +71,57 @@ async fn registration_input_is_validated() {
     assert_eq!(r.status(), 415);
 }
 
+/// Hardening finding "Look-alike usernames": every look-alike of an existing
+/// name is either the same name (409, as a taken name) or refused (422), and
+/// a case variant logs in to the one account.
+#[tokio::test]
+async fn look_alike_usernames_are_one_account_or_refused() {
+    let t = TestApp::spawn(|s| s).await;
+    let c = &t.client;
+    let r = c.register("alice", "correct horse battery").await;
+    assert_eq!(r.status(), 201);
+    let alice: Value = r.json().await.unwrap();
+    // NFC é.
+    let r = c.register("caf\u{e9}", "correct horse battery").await;
+    assert_eq!(r.status(), 201);
+    let cafe: Value = r.json().await.unwrap();
+
+    for name in ["ALICE", "Alice", "\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}", "caf\u{65}\u{301}", "CAF\u{c9}"] {
+        let r = c.register(name, "another password").await;
+        assert_eq!(r.status(), 409, "{name:?}");
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "username_taken", "{name:?}");
+    }
+    for name in ["ali\u{200b}ce", "\u{feff}alice", "alice\u{feff}", "\u{202e}ecila", "al\u{200d}ice", "alice\u{2066}"] {
+        let r = c.register(name, "another password").await;
+        assert_eq!(r.status(), 422, "{name:?}");
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "invalid_username", "{name:?}");
+    }
+    // The stored name is the NFKC form: fullwidth registers as plain.
+    let r = c.register("\u{ff22}\u{ff4f}\u{ff42}", "correct horse battery").await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["username"], "Bob");
+
+    // A case or compatibility variant logs in as the account; the displayed
+    // name is the registered one.
+    for (typed, account) in [("ALICE", &alice), ("\u{ff41}lice", &alice), ("CAFE\u{301}", &cafe)] {
+        let token = c.login(typed, "correct horse battery").await;
+        let me = c.json(&token, "/auth/me").await;
+        assert_eq!(me["id"], account["id"], "{typed:?}");
+        assert_eq!(me["username"], account["username"], "{typed:?}");
+    }
+    let token = c.login("BOB", "correct horse battery").await;
+    assert_eq!(c.json(&token, "/auth/me").await["username"], "Bob");
+    // The wrong password for a variant is still 401.
+    let r = c
+        .http
+        .post(c.url("/auth/login"))
+        .json(&json!({"username": "ALICE", "password": "wrong password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
 fn sign(header: &Header, claims: &Value, secret: &[u8]) -> String {
     jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(secret)).unwrap()
 }
