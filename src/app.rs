@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::assist::{AssistSettings, Assistants, Prompts, Provider, WebSearch};
-use crate::auth::{TokenKeys, load_or_create_secret};
+use crate::auth::{PasswordHashers, TokenKeys, load_or_create_secret};
 use crate::config::Config;
 use crate::db::Database;
 use crate::import::chunk::ChunkSettings;
@@ -36,6 +36,8 @@ pub struct App {
     pub imports: Arc<ImportService>,
     pub assistants: Arc<Assistants>,
     pub tokens: TokenKeys,
+    /// The bounded pool that hashes and checks passwords.
+    pub passwords: PasswordHashers,
     /// Stops the background work (workers, monitors) of this app.
     pub background: CancellationToken,
     /// Fires when the server starts shutting down: open SSE responses end
@@ -57,6 +59,12 @@ impl App {
         // Computed now so that the first login of an unknown name costs what
         // every other login costs.
         tokio::task::spawn_blocking(crate::auth::dummy_hash).await?;
+        let hash_threads = match config.auth_hash_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let passwords = PasswordHashers::new(hash_threads, config.auth_hash_queue)
+            .context("cannot start the password hashing threads")?;
 
         let keys = KeySpace::new(&config.redis_prefix, &config.app_env)?;
         let memory = Arc::new(MemoryBackend::new(config.memory_max_keys));
@@ -123,7 +131,7 @@ impl App {
             "reportd ready"
         );
         let stopping = CancellationToken::new();
-        Ok(Arc::new(Self { config, db, state, tasks, imports, assistants, tokens, background, stopping }))
+        Ok(Arc::new(Self { config, db, state, tasks, imports, assistants, tokens, passwords, background, stopping }))
     }
 }
 

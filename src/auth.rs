@@ -26,6 +26,82 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
+/// Why a password could not be hashed or checked now.
+#[derive(Debug, thiserror::Error)]
+#[error("too many password checks at once")]
+pub struct HashersBusy;
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// The threads that hash and check passwords, and their bounded queue.
+///
+/// An argon2id hash takes 19 MiB. On tokio's blocking pool (up to 512
+/// threads) a flood of logins ran hundreds at once and left each thread's
+/// allocator arena holding its 19 MiB: gigabytes, kept after the flood.
+/// Here a fixed few threads (about the core count) do all of it, so the
+/// memory is a few of those buffers whatever the traffic; requests beyond
+/// the queue are refused at once (503) rather than piling up.
+pub struct PasswordHashers {
+    jobs: std::sync::mpsc::SyncSender<HashJob>,
+    waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl PasswordHashers {
+    /// `threads` hashing threads with room for `queue` waiting jobs. The
+    /// threads end when this is dropped.
+    pub fn new(threads: usize, queue: usize) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<HashJob>(queue);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
+                loop {
+                    // Holding the lock only to take a job: the others wait
+                    // for the next one meanwhile.
+                    let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    job();
+                }
+            })?;
+        }
+        Ok(Self { jobs, waiting: Default::default() })
+    }
+
+    /// Runs `f` on a hashing thread; [`HashersBusy`] at once when the queue
+    /// is full.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, HashersBusy> {
+        use std::sync::atomic::Ordering;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiting = self.waiting.clone();
+        waiting.fetch_add(1, Ordering::AcqRel);
+        let job: HashJob = Box::new(move || {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            let _ = tx.send(f());
+        });
+        if self.jobs.try_send(job).is_err() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("reportd_password_hash_rejected_total").increment(1);
+            return Err(HashersBusy);
+        }
+        rx.await.map_err(|_| HashersBusy)
+    }
+
+    /// Jobs queued and not started.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub async fn verify(&self, password: String, hash: String) -> Result<bool, HashersBusy> {
+        self.run(move || verify_password(&password, &hash)).await
+    }
+
+    pub async fn hash(&self, password: String) -> Result<anyhow::Result<String>, HashersBusy> {
+        self.run(move || hash_password(&password)).await
+    }
+}
+
 /// A valid hash of a random password, checked against when the user does not
 /// exist so that a login takes as long for an unknown name as for a known one.
 pub fn dummy_hash() -> &'static str {
@@ -55,6 +131,7 @@ impl TokenKeys {
     pub fn new(secret: &[u8], ttl_seconds: u64) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
@@ -73,8 +150,38 @@ impl TokenKeys {
     /// The user a token was issued to, or `None` for any token that is not a
     /// valid, unexpired HS256 token signed with our secret.
     pub fn verify(&self, token: &str) -> Option<UserId> {
+        if !is_plain_jws(token) {
+            return None;
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         UserId::parse(&data.claims.sub).ok()
+    }
+}
+
+/// True when `token` is three canonical, unpadded base64url parts whose
+/// header has no `crit` member. Decoders accept other spellings of the same
+/// bytes (padding, stray bits in the last character), which would let one
+/// token have many forms; and this service implements no extension that a
+/// `crit` header could make mandatory (RFC 7515 §4.1.11), so it must refuse
+/// any.
+fn is_plain_jws(token: &str) -> bool {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != 3 || token.len() > 8192 {
+        return false;
+    }
+    let mut decoded = Vec::with_capacity(3);
+    for part in &parts {
+        let Ok(bytes) = URL_SAFE_NO_PAD.decode(part) else { return false };
+        if URL_SAFE_NO_PAD.encode(&bytes) != *part {
+            return false;
+        }
+        decoded.push(bytes);
+    }
+    match serde_json::from_slice::<serde_json::Value>(&decoded[0]) {
+        Ok(serde_json::Value::Object(header)) => !header.contains_key("crit"),
+        _ => false,
     }
 }
 
@@ -92,7 +199,7 @@ pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> anyho
             return Ok(existing.as_bytes().to_vec());
         }
     }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    crate::db::create_private_dir(data_dir)?;
     let secret: String = {
         use rand::Rng;
         let mut rng = rand::rng();
@@ -127,6 +234,66 @@ mod tests {
         assert_eq!(keys.verify(&token), Some(user));
         assert_eq!(TokenKeys::new(&[8; 32], 60).verify(&token), None);
         assert_eq!(keys.verify("not.a.token"), None);
+    }
+
+    #[tokio::test]
+    async fn hashing_runs_on_a_bounded_pool() {
+        let pool = PasswordHashers::new(1, 2).unwrap();
+        let h = pool.hash("correct horse".into()).await.unwrap().unwrap();
+        assert!(pool.verify("correct horse".into(), h.clone()).await.unwrap());
+        // One thread, room for two: a burst of ten gets some refusals at
+        // once, and every accepted one completes.
+        let results = futures::future::join_all((0..10).map(|_| pool.verify("wrong".into(), h.clone()))).await;
+        let refused = results.iter().filter(|r| r.is_err()).count();
+        assert!(refused >= 1, "{refused}");
+        assert!(results.iter().filter_map(|r| r.as_ref().ok()).all(|ok| !ok));
+        assert_eq!(pool.waiting(), 0);
+    }
+
+    #[test]
+    fn only_plain_canonical_tokens_without_crit_are_accepted() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        let keys = TokenKeys::new(&[7; 32], 60);
+        let user = UserId::parse("u-1").unwrap();
+        let token = keys.issue(&user).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        // Padding, or a non-canonical last character, spells the same bytes.
+        assert_eq!(keys.verify(&format!("{}=.{}.{}", parts[0], parts[1], parts[2])), None);
+        let sig = parts[2];
+        let last = sig.chars().last().unwrap();
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let sibling = alphabet
+            .chars()
+            .find(|c| *c != last && B64.decode(format!("{}{c}", &sig[..sig.len() - 1])).ok() == B64.decode(sig).ok());
+        if let Some(c) = sibling {
+            assert_eq!(keys.verify(&format!("{}.{}.{}{c}", parts[0], parts[1], &sig[..sig.len() - 1])), None);
+        }
+        // A signed token with a crit header is refused.
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp".into()]);
+        let now = chrono::Utc::now().timestamp() as u64;
+        let claims = Claims { sub: "u-1".into(), exp: now + 60, iat: None };
+        let crit = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&[7; 32])).unwrap();
+        assert_eq!(keys.verify(&crit), None);
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_is_refused() {
+        #[derive(Serialize)]
+        struct WithNbf {
+            sub: String,
+            exp: u64,
+            nbf: u64,
+        }
+        let keys = TokenKeys::new(&[7; 32], 60);
+        let now = chrono::Utc::now().timestamp() as u64;
+        let sign = |nbf: u64| {
+            let claims = WithNbf { sub: "u-1".into(), exp: now + 600, nbf };
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&[7; 32])).unwrap()
+        };
+        assert_eq!(keys.verify(&sign(now + 300)), None);
+        assert!(keys.verify(&sign(now - 10)).is_some());
     }
 
     #[test]

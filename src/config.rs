@@ -172,6 +172,12 @@ pub struct Config {
     #[arg(long, env = "IMPORT_STAGE_DELAY_MS", default_value_t = 0)]
     pub import_stage_delay_ms: u64,
 
+    /// Threads that hash and check passwords (argon2id, 19 MiB each); 0: one per core.
+    #[arg(long, env = "AUTH_HASH_THREADS", default_value_t = 0)]
+    pub auth_hash_threads: usize,
+    /// Password checks waiting for a hashing thread before logins and registrations answer 503.
+    #[arg(long, env = "AUTH_HASH_QUEUE", default_value_t = 32)]
+    pub auth_hash_queue: usize,
     /// OpenAI-compatible chat-completions base URL, including `/v1` (OpenAI, DeepSeek, Qwen, vLLM, Ollama).
     /// Unset: the assistants use the built-in offline provider.
     #[arg(long, env = "LLM_BASE_URL")]

@@ -70,12 +70,33 @@ impl ApiError {
     }
 }
 
+/// Characters of a `detail` sent to a client. Details can quote input (a
+/// JSON error names the value it could not read): a client's megabyte must
+/// not come back as a megabyte.
+pub const MAX_DETAIL_CHARS: usize = 300;
+
+/// `detail` cut to [`MAX_DETAIL_CHARS`], control characters replaced.
+fn bounded(detail: &str) -> Cow<'_, str> {
+    let clean = |c: char| if c.is_control() { ' ' } else { c };
+    if detail.chars().count() <= MAX_DETAIL_CHARS && !detail.chars().any(char::is_control) {
+        return Cow::Borrowed(detail);
+    }
+    let mut out: String = detail.chars().take(MAX_DETAIL_CHARS).map(clean).collect();
+    if detail.chars().count() > MAX_DETAIL_CHARS {
+        out.push('…');
+    }
+    Cow::Owned(out)
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body { detail: &self.detail, code: &self.code };
+        let body = Body { detail: &bounded(&self.detail), code: &self.code };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

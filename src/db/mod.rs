@@ -87,8 +87,11 @@ fn prepare_sqlite(url: &str) -> anyhow::Result<String> {
     if let Some(dir) = std::path::Path::new(path).parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        create_private_dir(dir)?;
     }
+    // The file holds password hashes: readable by this user only. SQLite
+    // gives its -wal and -shm files the mode of the database file.
+    restrict_file(std::path::Path::new(path))?;
     Ok(if url.contains("mode=") {
         url.to_owned()
     } else if url.contains('?') {
@@ -96,6 +99,52 @@ fn prepare_sqlite(url: &str) -> anyhow::Result<String> {
     } else {
         format!("{url}?mode=rwc")
     })
+}
+
+/// Creates `dir` (and its parents) if missing; a directory created here is
+/// `0700`, as it holds the database or the generated secret. An existing
+/// directory is left as its owner set it.
+pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Creates the SQLite file `0600` if missing, and takes away group and
+/// other access from it and its -wal/-shm files if they have any.
+fn restrict_file(path: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if let Ok(meta) = std::fs::metadata(&file)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                let mode = meta.permissions().mode() & 0o700;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
+                    .with_context(|| format!("cannot restrict {}", file.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// True when `e` is a unique-constraint violation (both databases).

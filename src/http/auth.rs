@@ -11,7 +11,7 @@ use unicode_normalization::UnicodeNormalization;
 
 use super::extract::{AppJson, CurrentUser, JsonOrForm};
 use crate::app::App;
-use crate::auth::{dummy_hash, hash_password, verify_password};
+use crate::auth::dummy_hash;
 use crate::db::is_unique_violation;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::UserId;
@@ -147,7 +147,15 @@ async fn register(
     Ok((StatusCode::CREATED, Json(UserView { id: user.id, username: user.username })))
 }
 
-async fn login(State(app): State<Arc<App>>, JsonOrForm(c): JsonOrForm<Credentials>) -> ApiResult<Json<TokenView>> {
+/// The answer when every hashing thread is busy and the queue is full.
+fn hashers_busy(_: crate::auth::HashersBusy) -> ApiError {
+    ApiError::unavailable("auth_busy", "too many logins at once, retry shortly").with_retry_after(1)
+}
+
+async fn login(
+    State(app): State<Arc<App>>,
+    JsonOrForm(c): JsonOrForm<Credentials>,
+) -> ApiResult<([(axum::http::HeaderName, &'static str); 1], Json<TokenView>)> {
     // The lookup is by the canonical key, so `ALICE` or fullwidth `ａｌｉｃｅ`
     // logs in as `alice`: the same spellings that registration refuses as
     // taken (see `Database::user_for_login`).
@@ -155,14 +163,15 @@ async fn login(State(app): State<Arc<App>>, JsonOrForm(c): JsonOrForm<Credential
     // Verify against a dummy hash for unknown names so that timing does not
     // tell which usernames exist.
     let hash = user.as_ref().map_or_else(|| dummy_hash().to_owned(), |u| u.password_hash.clone());
-    let ok =
-        tokio::task::spawn_blocking(move || verify_password(&c.password, &hash)).await.map_err(ApiError::internal)?;
+    let ok = app.passwords.verify(c.password, hash).await.map_err(hashers_busy)?;
     let user = user.filter(|_| ok).ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "invalid username or password")
     })?;
     let id = UserId::parse(&user.id).map_err(ApiError::internal)?;
     let access_token = app.tokens.issue(&id)?;
-    Ok(Json(TokenView { access_token, token_type: "bearer", expires_in: app.tokens.ttl_seconds }))
+    // A token must not be kept by any cache on the way.
+    let no_store = [(axum::http::header::CACHE_CONTROL, "no-store")];
+    Ok((no_store, Json(TokenView { access_token, token_type: "bearer", expires_in: app.tokens.ttl_seconds })))
 }
 
 async fn me(State(app): State<Arc<App>>, CurrentUser(user): CurrentUser) -> ApiResult<Json<MeView>> {
@@ -174,8 +183,7 @@ async fn me(State(app): State<Arc<App>>, CurrentUser(user): CurrentUser) -> ApiR
 impl App {
     /// Creates an account (HTTP registration and `reportd user add`).
     pub async fn create_user(&self, username: &str, password: String, admin: bool) -> ApiResult<crate::db::User> {
-        let hash =
-            tokio::task::spawn_blocking(move || hash_password(&password)).await.map_err(ApiError::internal)??;
+        let hash = self.passwords.hash(password).await.map_err(hashers_busy)?.map_err(ApiError::internal)?;
         match self.db.create_user(&UserId::generate(), username, &hash, admin).await {
             Ok(user) => Ok(user),
             Err(e) if is_unique_violation(&e) => Err(ApiError::conflict("username_taken", "this username is taken")),

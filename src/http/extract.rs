@@ -45,10 +45,37 @@ impl<S: Send + Sync, T: ParseId> FromRequestParts<S> for IdPath<T> {
     }
 }
 
-/// `axum::Json` with JSON errors.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON object body (`axum::Json` with JSON errors). Anything but an
+/// object at the top is refused: serde would read an array as a struct's
+/// fields in order (`["alice","pw"]` as a login), an ambiguity no client
+/// means.
 pub struct AppJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        if !(mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))) {
+            return Err(JsonRejection::MissingJsonContentType(Default::default()).into());
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+        json_object(&bytes).map(AppJson)
+    }
+}
+
+/// `bytes` as a `T`, if they hold a JSON object.
+fn json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some() && first != Some(&b'{') {
+        return Err(ApiError::unprocessable("invalid_body", "the body must be a JSON object"));
+    }
+    let axum::Json(value) = axum::Json::<T>::from_bytes(bytes)?;
+    Ok(value)
+}
 
 /// `axum::extract::Query` with JSON errors.
 #[derive(FromRequestParts)]
@@ -72,7 +99,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequest<S> for JsonOrForm<T
             let axum::Form(value) = axum::Form::<T>::from_request(req, state).await?;
             Ok(Self(value))
         } else if content_type.starts_with("application/json") {
-            let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+            let AppJson(value) = AppJson::<T>::from_request(req, state).await?;
             Ok(Self(value))
         } else {
             Err(ApiError::new(

@@ -103,7 +103,10 @@ async fn upload(
     let mut title: Option<String> = None;
     while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, max))? {
         match field.name() {
-            Some("file") if file.is_none() => {
+            Some("file") if file.is_some() => {
+                return Err(ApiError::unprocessable("duplicate_file", "the form must have exactly one 'file' field"));
+            }
+            Some("file") => {
                 let name = clean_filename(field.file_name().unwrap_or("upload"));
                 let mut bytes = Vec::new();
                 while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
@@ -113,6 +116,9 @@ async fn upload(
                     bytes.extend_from_slice(&chunk);
                 }
                 file = Some((name, bytes));
+            }
+            Some("title") if title.is_some() => {
+                return Err(ApiError::unprocessable("duplicate_field", "the form must have at most one 'title' field"));
             }
             Some("title") => {
                 let text = field.text().await.map_err(|e| multipart_error(e, max))?;

@@ -8,6 +8,7 @@ mod bad_files;
 mod corpus;
 mod durability;
 mod fakes;
+mod hardening;
 mod helpers;
 mod imports;
 mod instances;

@@ -1,0 +1,204 @@
+//! Findings of the probe from outside (issue #7, item 7), each reproduced
+//! as it was found, with its bound checked.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Settings, TestApp, TestProcess};
+
+/// Login floods: 64 connections sending wrong passwords took the process
+/// to 7.4 GB (argon2id takes 19 MiB a hash, on an unbounded blocking
+/// pool). Now a fixed few threads hash, the rest wait in a bounded queue
+/// or get 503 at once: the memory stays flat, nothing fails with a 500,
+/// and the service answers a valid login afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_flood_keeps_memory_flat() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let p = TestProcess::start(&Settings::new(dir.path()), dir.path(), "flood").await;
+    p.client.user("victim").await;
+    let before = p.rss_kb();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let flood = (0..64).map(|i| {
+        let c = p.client.clone();
+        async move {
+            let mut codes = Vec::new();
+            while Instant::now() < deadline {
+                let r = c
+                    .http
+                    .post(c.url("/auth/login"))
+                    .json(&json!({"username": "victim", "password": format!("wrong guess {i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                codes.push(r.status().as_u16());
+            }
+            codes
+        }
+    });
+    let sampler = async {
+        let mut peak = 0;
+        while Instant::now() < deadline {
+            peak = peak.max(p.rss_kb());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak
+    };
+    let (codes, peak) = tokio::join!(futures::future::join_all(flood), sampler);
+    let codes: Vec<u16> = codes.into_iter().flatten().collect();
+    assert!(codes.iter().all(|c| *c == 401 || *c == 503), "only 401 or 503: {codes:?}");
+    assert!(codes.contains(&401));
+    let growth_mb = peak.saturating_sub(before) / 1024;
+    let refused = codes.iter().filter(|c| **c == 503).count();
+    eprintln!(
+        "flood: {} logins in 4 s ({refused} refused with 503), RSS {} MiB before, peak {} MiB",
+        codes.len(),
+        before / 1024,
+        peak / 1024
+    );
+    assert!(growth_mb < 300, "the flood grew the process by {growth_mb} MiB (from {} MiB)", before / 1024);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    p.client.login("victim", "correct horse battery").await;
+}
+
+/// `/metrics` grew with invented HTTP methods (one scrape was 1.24 GB):
+/// methods outside the standard ones are one label value, `other`.
+#[tokio::test]
+async fn invented_methods_do_not_grow_the_metrics() {
+    let t = TestApp::spawn(|s| s).await;
+    let c = &t.client;
+    for i in 0..30 {
+        let method = reqwest::Method::from_bytes(format!("M{i}{}", "X".repeat(2000)).as_bytes()).unwrap();
+        let r = c.http.request(method, c.url("/documents")).send().await.unwrap();
+        assert!(r.status().is_client_error(), "{}", r.status());
+    }
+    let metrics = c.http.get(c.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("XXXXXXXX"), "no label value comes from client input");
+    assert!(metrics.contains("method=\"other\""));
+}
+
+/// Every response says `X-Content-Type-Options: nosniff`; a 401 says
+/// `WWW-Authenticate: Bearer`.
+#[tokio::test]
+async fn security_headers_are_set() {
+    let t = TestApp::spawn(|s| s).await;
+    let c = &t.client;
+    for path in ["/healthz", "/documents", "/nowhere"] {
+        let r = c.http.get(c.url(path)).send().await.unwrap();
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+    let r = c.http.get(c.url("/documents")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+}
+
+/// Error bodies quoted input without bound (a 1 MB flag value came back in
+/// a 1 MB 422). Details are now at most a short excerpt.
+#[tokio::test]
+async fn errors_quote_at_most_a_short_excerpt() {
+    let t = TestApp::spawn(|s| s).await;
+    let c = &t.client;
+    let token = c.user("echo").await;
+    let huge = "x".repeat(1024 * 1024);
+    let r = c
+        .http
+        .put(c.url("/admin/flags"))
+        .bearer_auth(&token)
+        .json(&json!({"REDIS_ENABLED": huge}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    let body = r.text().await.unwrap();
+    assert!(body.len() < 1024, "{} bytes", body.len());
+    let parsed: Value = serde_json::from_str(&body).unwrap();
+    assert!(parsed["code"].is_string());
+    // And with control characters in the quoted part.
+    let r = c
+        .http
+        .post(c.url("/ai/generate"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(format!("{{\"task_id\": 5, \"message\": \"{}\"}}", "y".repeat(100_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().len() < 1024);
+}
+
+/// A client's `x-request-id` is kept only if it is short and plain.
+#[tokio::test]
+async fn request_ids_from_clients_are_kept_only_when_plain() {
+    let t = TestApp::spawn(|s| s).await;
+    let c = &t.client;
+    let r = c.http.get(c.url("/healthz")).header("x-request-id", "abc-123_x.y").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123_x.y");
+    for bad in ["x".repeat(500), "a b".into(), "<script>".into(), "é".into()] {
+        let r = c.http.get(c.url("/healthz")).header("x-request-id", bad.as_bytes()).send().await.unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(id.as_bytes(), bad.as_bytes());
+        assert_eq!(id.len(), 36, "a generated id: {id}");
+    }
+}
+
+/// Ambiguous requests: two `file` fields are refused, not "the first
+/// wins"; a JSON array where an object is expected is a 422.
+#[tokio::test]
+async fn ambiguous_requests_are_refused() {
+    let t = TestApp::spawn(|s| s).await;
+    let c = &t.client;
+    let token = c.user("ambiguous").await;
+    let part = |name: &str| reqwest::multipart::Part::bytes(b"hello".to_vec()).file_name(name.to_owned());
+    let form = reqwest::multipart::Form::new().part("file", part("a.txt")).part("file", part("b.txt"));
+    let r = c.http.post(c.url("/Import_Doc/")).bearer_auth(&token).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "duplicate_file");
+    assert_eq!(c.json(&token, "/documents").await["total"], 0, "nothing was imported");
+    let r =
+        c.http.post(c.url("/ai/generate")).bearer_auth(&token).json(&json!([{"task_id": "a"}])).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = c.http.post(c.url("/auth/register")).json(&json!(["alice", "password1"])).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+}
+
+/// The SQLite database and its WAL hold password hashes: the files are
+/// `0600` and a data directory the service creates is `0700`.
+#[tokio::test]
+async fn the_database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("fresh").join("data");
+    let db = data.join("reportd.db");
+    let t = TestApp::start(
+        Settings::new(dir.path())
+            .set("DATA_DIR", data.to_str().unwrap())
+            .set("DATABASE_URL", &format!("sqlite://{}", db.display())),
+    )
+    .await;
+    t.client.user("private").await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&db), 0o600);
+    let wal = data.join("reportd.db-wal");
+    if wal.exists() {
+        assert_eq!(mode(&wal), 0o600);
+    }
+}
+
+/// A token response is never cached on the way.
+#[tokio::test]
+async fn a_token_response_is_not_stored() {
+    let t = TestApp::spawn(|s| s).await;
+    let c = &t.client;
+    c.user("nostore").await;
+    let r = c
+        .http
+        .post(c.url("/auth/login"))
+        .json(&json!({"username": "nostore", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+}
