@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::assist::{AssistSettings, Assistants, Prompts, Provider, WebSearch};
-use crate::auth::{PasswordHashers, TokenKeys, load_or_create_secret};
+use crate::auth::{AccountCheck, PasswordHashers, TokenKeys, load_or_create_secret};
 use crate::config::Config;
 use crate::db::Database;
 use crate::import::chunk::ChunkSettings;
@@ -38,6 +38,8 @@ pub struct App {
     pub tokens: TokenKeys,
     /// The bounded pool that hashes and checks passwords.
     pub passwords: PasswordHashers,
+    /// Accounts recently confirmed to exist (see [`AccountCheck`]).
+    pub accounts: AccountCheck,
     /// Stops the background work (workers, monitors) of this app.
     pub background: CancellationToken,
     /// Fires when the server starts shutting down: open SSE responses end
@@ -131,7 +133,19 @@ impl App {
             "reportd ready"
         );
         let stopping = CancellationToken::new();
-        Ok(Arc::new(Self { config, db, state, tasks, imports, assistants, tokens, passwords, background, stopping }))
+        Ok(Arc::new(Self {
+            config,
+            db,
+            state,
+            tasks,
+            imports,
+            assistants,
+            tokens,
+            passwords,
+            accounts: AccountCheck::new(),
+            background,
+            stopping,
+        }))
     }
 }
 

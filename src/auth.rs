@@ -102,6 +102,47 @@ impl PasswordHashers {
     }
 }
 
+/// Accounts seen to exist recently. A token stays valid until it expires,
+/// but it is only as good as its account: a deleted user's token must stop
+/// working. Looking the account up on every request would put a database
+/// query on every poll, so a confirmed account is trusted for
+/// [`AccountCheck::TRUST`].
+pub struct AccountCheck {
+    seen: std::sync::Mutex<std::collections::HashMap<UserId, std::time::Instant>>,
+}
+
+impl AccountCheck {
+    /// How long a confirmed account is trusted: a deleted user's tokens stop
+    /// working within this.
+    pub const TRUST: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Accounts remembered at most (the map is emptied past it).
+    const MAX: usize = 100_000;
+
+    pub fn new() -> Self {
+        Self { seen: Default::default() }
+    }
+
+    /// True when `user` was confirmed within [`Self::TRUST`].
+    pub fn trusted(&self, user: &UserId) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(user).is_some_and(|at| at.elapsed() < Self::TRUST)
+    }
+
+    pub fn confirm(&self, user: &UserId) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= Self::MAX {
+            seen.clear();
+        }
+        seen.insert(user.clone(), std::time::Instant::now());
+    }
+}
+
+impl Default for AccountCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A valid hash of a random password, checked against when the user does not
 /// exist so that a login takes as long for an unknown name as for a known one.
 pub fn dummy_hash() -> &'static str {

@@ -29,7 +29,18 @@ impl FromRequestParts<Arc<App>> for CurrentUser {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
             .ok_or_else(|| ApiError::unauthorized("expected 'Authorization: Bearer <token>'"))?;
-        app.tokens.verify(token).map(CurrentUser).ok_or_else(|| ApiError::unauthorized("invalid or expired token"))
+        // A token of an account that does not exist (deleted, or a forged
+        // token for a user who never was) answers exactly as a bad
+        // signature does, so that it reveals nothing.
+        let invalid = || ApiError::unauthorized("invalid or expired token");
+        let user = app.tokens.verify(token).ok_or_else(invalid)?;
+        if !app.accounts.trusted(&user) {
+            if app.db.user_by_id(&user).await?.is_none() {
+                return Err(invalid());
+            }
+            app.accounts.confirm(&user);
+        }
+        Ok(CurrentUser(user))
     }
 }
 

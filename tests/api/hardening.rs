@@ -202,3 +202,44 @@ async fn a_token_response_is_not_stored() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["cache-control"], "no-store");
 }
+
+/// A deleted user's token answers 401 everywhere (it answered 200 on
+/// reads and 500 on upload), and a token for a user who never existed
+/// answers exactly like a bad signature.
+#[tokio::test]
+async fn tokens_of_accounts_that_do_not_exist_are_401_like_a_bad_signature() {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let t = TestApp::spawn(|s| s).await;
+    let c = &t.client;
+    let token = c.user("doomed").await;
+    let task = c.imported(&token).await;
+    let bad_sig = c.get(&format!("{token}x"), "/documents").await;
+    assert_eq!(bad_sig.status(), 401);
+    let bad_sig: Value = bad_sig.json().await.unwrap();
+
+    let exp = chrono_now() + 3600;
+    let ghost = encode(
+        &Header::default(),
+        &json!({"sub": "ghost-user", "exp": exp}),
+        &EncodingKey::from_secret(crate::helpers::JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let r = c.get(&ghost, "/documents").await;
+    assert_eq!(r.status(), 401, "a well-signed token for nobody");
+    assert_eq!(r.json::<Value>().await.unwrap(), bad_sig);
+
+    let id = c.json(&token, "/auth/me").await["id"].as_str().unwrap().to_owned();
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(&id).execute(t.app.db.pool()).await.unwrap();
+    crate::helpers::eventually(Duration::from_secs(15), "the deleted account's token stops working", || async {
+        c.get(&token, "/documents").await.status() == 401
+    })
+    .await;
+    assert_eq!(c.status(&token, &task).await.0, 401);
+    let r = c.upload(&token, "/Import_Doc/", "late.txt", b"hello".to_vec()).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap(), bad_sig);
+}
+
+fn chrono_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
