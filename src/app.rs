@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -233,30 +232,75 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
     let router = crate::http::router(app.clone());
-    let stopping = app.stopping.clone();
-    let shutdown = async move {
-        shutdown.await;
-        stopping.cancel();
-    };
-    // Without TCP_NODELAY, an SSE event written right after another waits
-    // for the client's delayed ACK (Nagle): ~20-40 ms on every first delta.
-    let listener = listener.tap_io(|tcp| {
+    let header_timeout = Duration::from_secs(app.config.http_header_timeout_seconds);
+    // Every connection holds a slot: a flood of idle or half-sent
+    // connections ends at the cap, not at the open-file limit (when
+    // /healthz would stop answering too).
+    let slots = Arc::new(tokio::sync::Semaphore::new(app.config.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, most likely: let some close.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("reportd_http_connections_refused_total").increment(1);
+            drop(tcp);
+            continue;
+        };
+        // Without TCP_NODELAY, an SSE event written right after another
+        // waits for the client's delayed ACK (Nagle): ~20-40 ms on every
+        // first delta.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-    });
-    let result = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error");
-    app.background.cancel();
+        let service = router.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            req.map(axum::body::Body::new)
+        });
+        let mut builder = Builder::new(TokioExecutor::new());
+        // A client that does not finish its request headers in time (a
+        // slow or half-sent request, or an idle keep-alive connection) is
+        // closed. SSE responses are not affected: their request is whole.
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+        let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service)).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Open SSE responses end now (their clients resume elsewhere); other
+    // requests get the grace period to finish.
+    app.stopping.cancel();
     let grace = Duration::from_secs(app.config.shutdown_grace_seconds);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period were dropped");
+    }
+    app.background.cancel();
     if !app.imports.drain(grace).await {
         tracing::warn!("imports still running after the shutdown grace period were abandoned");
     }
     app.db.close().await;
-    result
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

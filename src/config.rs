@@ -172,6 +172,15 @@ pub struct Config {
     #[arg(long, env = "IMPORT_STAGE_DELAY_MS", default_value_t = 0)]
     pub import_stage_delay_ms: u64,
 
+    /// A client must send a request's headers within this many seconds of starting it (or of opening the connection).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub http_header_timeout_seconds: u64,
+    /// Longest pause inside a request body (an upload) before the request fails.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub http_body_timeout_seconds: u64,
+    /// Connections this instance keeps open at once; more are closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
     /// Threads that hash and check passwords (argon2id, 19 MiB each); 0: one per core.
     #[arg(long, env = "AUTH_HASH_THREADS", default_value_t = 0)]
     pub auth_hash_threads: usize,
@@ -313,6 +322,9 @@ impl Config {
         anyhow::ensure!(self.ai_max_input_chars >= 100, "AI_MAX_INPUT_CHARS must be at least 100");
         anyhow::ensure!(self.ai_max_answer_chars >= 100, "AI_MAX_ANSWER_CHARS must be at least 100");
         anyhow::ensure!(self.sse_keepalive_seconds >= 1, "SSE_KEEPALIVE_SECONDS must be at least 1");
+        anyhow::ensure!(self.http_header_timeout_seconds >= 1, "HTTP_HEADER_TIMEOUT_SECONDS must be at least 1");
+        anyhow::ensure!(self.http_body_timeout_seconds >= 1, "HTTP_BODY_TIMEOUT_SECONDS must be at least 1");
+        anyhow::ensure!(self.max_connections >= 1, "MAX_CONNECTIONS must be at least 1");
         for (name, url) in [("LLM_BASE_URL", &self.llm_base_url), ("SEARCH_URL", &self.search_url)] {
             if let Some(url) = url.as_deref().filter(|u| !u.is_empty()) {
                 anyhow::ensure!(

@@ -13,6 +13,7 @@ fn main() -> std::process::ExitCode {
     if args.first().map(String::as_str) == Some(reportd::import::isolate::WORKER_ARG) {
         return reportd::import::isolate::worker_main(&args[1..]);
     }
+    raise_open_file_limit();
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(run()),
         Err(e) => {
@@ -73,4 +74,20 @@ async fn add_user(config: Config, name: &str, admin: bool) -> anyhow::Result<()>
     })?;
     println!("created {}user {name} ({id})", if admin { "admin " } else { "" });
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: every client
+/// connection, SSE stream and model call is a file descriptor, and the
+/// usual soft default (1,024) would cap the service far below
+/// `MAX_CONNECTIONS`.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }

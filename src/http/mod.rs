@@ -42,6 +42,11 @@ pub fn router(app: Arc<App>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
         })
         .layer(middleware::from_fn(record_metrics))
+        // A request body (an upload) that pauses longer than this fails:
+        // a slow client cannot hold an upload slot forever.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(std::time::Duration::from_secs(
+            app.config.http_body_timeout_seconds,
+        )))
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             ApiError::internal("a request handler panicked").into_response()
         }))

@@ -243,3 +243,34 @@ async fn tokens_of_accounts_that_do_not_exist_are_401_like_a_bad_signature() {
 fn chrono_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
+
+/// Slow clients: connections that send half a request stayed open forever,
+/// and enough of them exhausted the file descriptors so that `/healthz`
+/// stopped answering. Now a request's headers must arrive within
+/// HTTP_HEADER_TIMEOUT_SECONDS, and connections beyond MAX_CONNECTIONS are
+/// closed at once; `/healthz` answers once the slow ones are cut.
+#[tokio::test]
+async fn half_sent_requests_are_cut_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = TestApp::spawn(|s| s.set("HTTP_HEADER_TIMEOUT_SECONDS", "1").set("MAX_CONNECTIONS", "40")).await;
+    let addr = t.client.base.trim_start_matches("http://").to_owned();
+    let mut slow = Vec::new();
+    for _ in 0..60 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // never finished
+        slow.push(s);
+    }
+    // Every one of them is closed by the server: the 20 over the cap at
+    // once, the others when their header time runs out.
+    let started = Instant::now();
+    for s in &mut slow {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(_)) | Ok(Err(_))), "the server closed the connection");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let r = t.client.http.get(t.client.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = t.client.http.get(t.client.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reportd_http_connections_refused_total"));
+}
