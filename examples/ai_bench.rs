@@ -99,6 +99,17 @@ impl Service {
         r
     }
 
+    /// Fifty short answers before measuring memory (allocator arenas, the
+    /// search dictionary, connection pools).
+    async fn warm_up(&self, llm: &FakeLlm) {
+        for i in 0..50 {
+            llm.push(Reply::Text { chunks: vec!["热身".into()], delay_ms: 1 });
+            let r = self.open(&format!("warm{i}")).await;
+            until_block(r, |b| b.contains("event: done")).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     async fn metric(&self, name: &str) -> f64 {
         let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
         text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
@@ -232,12 +243,7 @@ async fn followers(binary: &str, n: usize) {
         ("AI_TURN_TIMEOUT_SECONDS", "3600".into()),
     ];
     let svc = Service::start(binary, &env).await;
-    for i in 0..50 {
-        llm.push(Reply::Text { chunks: vec!["热身".into()], delay_ms: 1 });
-        let r = svc.open(&format!("warm{i}")).await;
-        until_block(r, |b| b.contains("event: done")).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    svc.warm_up(&llm).await;
     llm.push(Reply::Hang { chunks: vec!["正在写".into()] });
     let first = svc.open("followed").await;
     let mut first_body = first.bytes_stream();
@@ -282,13 +288,7 @@ async fn streams(binary: &str, n: usize) {
         ("SSE_KEEPALIVE_SECONDS", "15".into()),
     ];
     let svc = Service::start(binary, &env).await;
-    // Warm up (allocator arenas, the search dictionary, connection pools).
-    for i in 0..50 {
-        llm.push(Reply::Text { chunks: vec!["热身".into()], delay_ms: 1 });
-        let r = svc.open(&format!("warm{i}")).await;
-        until_block(r, |b| b.contains("event: done")).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    svc.warm_up(&llm).await;
 
     let base_rss = svc.rss_kb();
     for _ in 0..n {
