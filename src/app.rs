@@ -39,6 +39,9 @@ pub struct App {
     pub passwords: PasswordHashers,
     /// Accounts recently confirmed to exist (see [`AccountCheck`]).
     pub accounts: AccountCheck,
+    /// Uploads being received now (`MAX_UPLOADS_IN_FLIGHT`): each is held
+    /// in memory until it is staged, so their number bounds that memory.
+    pub uploads: Arc<tokio::sync::Semaphore>,
     /// Stops the background work (workers, monitors) of this app.
     pub background: CancellationToken,
     /// Fires when the server starts shutting down: open SSE responses end
@@ -132,6 +135,7 @@ impl App {
             "reportd ready"
         );
         let stopping = CancellationToken::new();
+        let config_uploads = config.max_uploads_in_flight;
         Ok(Arc::new(Self {
             config,
             db,
@@ -142,6 +146,7 @@ impl App {
             tokens,
             passwords,
             accounts: AccountCheck::new(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(config_uploads)),
             background,
             stopping,
         }))

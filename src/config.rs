@@ -138,6 +138,9 @@ pub struct Config {
     /// Largest accepted upload.
     #[arg(long, env = "MAX_UPLOAD_MB", default_value_t = 50)]
     pub max_upload_mb: u64,
+    /// Uploads this instance receives at once (each is held in memory until staged); more answer 503.
+    #[arg(long, env = "MAX_UPLOADS_IN_FLIGHT", default_value_t = 8)]
+    pub max_uploads_in_flight: usize,
     /// Imports processed at once by this instance.
     #[arg(long, env = "IMPORT_WORKERS", default_value_t = 2)]
     pub import_workers: usize,
@@ -325,6 +328,7 @@ impl Config {
         anyhow::ensure!(self.http_header_timeout_seconds >= 1, "HTTP_HEADER_TIMEOUT_SECONDS must be at least 1");
         anyhow::ensure!(self.http_body_timeout_seconds >= 1, "HTTP_BODY_TIMEOUT_SECONDS must be at least 1");
         anyhow::ensure!(self.max_connections >= 1, "MAX_CONNECTIONS must be at least 1");
+        anyhow::ensure!(self.max_uploads_in_flight >= 1, "MAX_UPLOADS_IN_FLIGHT must be at least 1");
         for (name, url) in [("LLM_BASE_URL", &self.llm_base_url), ("SEARCH_URL", &self.search_url)] {
             if let Some(url) = url.as_deref().filter(|u| !u.is_empty()) {
                 anyhow::ensure!(

@@ -97,6 +97,12 @@ async fn upload(
     CurrentUser(user): CurrentUser,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    // Taken before the body is read, held until the upload is staged.
+    let _slot = app.uploads.clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!("reportd_uploads_refused_total").increment(1);
+        ApiError::unavailable("too_many_uploads", "too many uploads are arriving at once, retry shortly")
+            .with_retry_after(2)
+    })?;
     let max = app.config.max_upload_bytes();
     let mut multipart = multipart.map_err(|r| ApiError::new(r.status(), "invalid_multipart", r.body_text()))?;
     let mut file: Option<(String, Vec<u8>)> = None;

@@ -274,3 +274,48 @@ async fn half_sent_requests_are_cut_and_connections_are_capped() {
     let metrics = t.client.http.get(t.client.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("reportd_http_connections_refused_total"));
 }
+
+/// Uploads in flight are bounded per instance (each is held in memory
+/// until staged): past MAX_UPLOADS_IN_FLIGHT, 503 with Retry-After; the
+/// slot comes back when the upload ends.
+#[tokio::test]
+async fn uploads_in_flight_are_bounded() {
+    let t = TestApp::spawn(|s| s.set("MAX_UPLOADS_IN_FLIGHT", "1")).await;
+    let c = &t.client;
+    let token = c.user("uploader").await;
+    // A multipart body sent slowly, held open until `release` fires.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let boundary = "XyZbOuNdArY";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.txt\"\r\nContent-Type: text/plain\r\n\r\nhello slow world\r\n"
+    );
+    let tail = format!("--{boundary}--\r\n");
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(head.into_bytes()) }).chain(
+        futures::stream::once(async move {
+            let _ = released.await;
+            Ok::<_, std::io::Error>(tail.into_bytes())
+        }),
+    );
+    use futures::StreamExt;
+    let slow = c
+        .http
+        .post(c.url("/Import_Doc/"))
+        .bearer_auth(&token)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let slow = tokio::spawn(slow);
+    crate::helpers::eventually(Duration::from_secs(10), "the slow upload holds the slot", || async {
+        t.app.uploads.available_permits() == 0
+    })
+    .await;
+    let r = c.upload(&token, "/Import_Doc/", "quick.txt", b"quick".to_vec()).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "2");
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "too_many_uploads");
+    let _ = release.send(());
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.status(), 202);
+    let r = c.upload(&token, "/Import_Doc/", "quick.txt", b"quick".to_vec()).await;
+    assert_eq!(r.status(), 202, "the slot came back");
+}
