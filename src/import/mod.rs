@@ -511,7 +511,21 @@ impl ImportService {
             let mut stored = |n: usize| {
                 tx.send_replace(Some(Stage::Indexing { stored: n, total }));
             };
-            self.db.insert_document(&doc, &prepared.chunks, &mut stored).await
+            // Storing is idempotent (one transaction that replaces the
+            // document), so a write that lost to another writer (SQLite's
+            // busy or locked, past its busy timeout on a loaded host) is
+            // simply tried again, a few times.
+            let mut attempt = 0;
+            loop {
+                match self.db.insert_document(&doc, &prepared.chunks, &mut stored).await {
+                    Err(e) if attempt < 3 && is_busy(&e) => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "storing a document met a busy database, retrying");
+                        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    }
+                    other => break other,
+                }
+            }
         };
         let (stored, ()) = tokio::join!(store, self.follow(job, format, rx));
         stored.map_err(|e| {
@@ -566,4 +580,16 @@ pub fn chunk_document(doc: parse::ParsedDocument, settings: &ChunkSettings) -> R
 fn file_stem(filename: &str) -> &str {
     let name = filename.rsplit(['/', '\\']).next().unwrap_or(filename);
     name.rsplit_once('.').map_or(name, |(stem, _)| stem)
+}
+
+/// SQLite's "database is busy" or "locked": another writer held it too long.
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            matches!(d.code().as_deref(), Some("5") | Some("6") | Some("517") | Some("261"))
+                || d.message().contains("database is locked")
+                || d.message().contains("database is busy")
+        }
+        _ => false,
+    }
 }

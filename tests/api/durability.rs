@@ -85,6 +85,15 @@ async fn with_redis_a_killed_import_is_finished_by_the_restarted_instance() {
     let (code, body) = second.client.status(&token, &task).await;
     assert_eq!(code, 200, "{body}");
     let done = second.client.wait_done(&token, &task).await;
+    // When it fails, the instance's log says why (a flake seen once in CI:
+    // "the document could not be saved" after the take-over).
+    assert_eq!(
+        done["status"],
+        "completed",
+        "{done}\n--- first ---\n{}\n--- second ---\n{}",
+        first.read_log(),
+        second.read_log()
+    );
     let db = database(dir.path()).await;
     assert_stored_once(&db, &second.client, &token, &done).await;
     assert!(second.read_log().contains("taking over an import"), "{}", second.read_log());
@@ -113,6 +122,7 @@ async fn with_redis_another_instance_takes_over_a_killed_import() {
     a.kill();
     let killed = Instant::now();
     let done = b.client.wait_done(&token, &task).await;
+    assert_eq!(done["status"], "completed", "{done}\n--- a ---\n{}\n--- b ---\n{}", a.read_log(), b.read_log());
     let db = database(dir.path()).await;
     assert_stored_once(&db, &b.client, &token, &done).await;
     assert!(b.read_log().contains("taking over an import"), "{}", b.read_log());
