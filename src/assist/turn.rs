@@ -96,6 +96,14 @@ impl Emitter {
         self.push(event, data.to_string()).await;
     }
 
+    /// The `tool_result` event of a tool call: what SPEC §5 shows of each
+    /// source (its ids stay on the stored answer).
+    async fn tool_result(&mut self, name: &str, results: &[Source]) {
+        let shown: Vec<Value> =
+            results.iter().map(|s| json!({"title": s.title, "url": s.url, "snippet": s.snippet})).collect();
+        self.emit("tool_result", json!({ "name": name, "results": shown })).await;
+    }
+
     /// Adds answer text; false when the answer reached its length limit
     /// (the text beyond it is dropped).
     async fn delta(&mut self, text: &str) -> bool {
@@ -431,9 +439,7 @@ impl Turn {
                     }
                     Err(error) => (Vec::new(), json!({ "error": error }).to_string()),
                 };
-                let shown: Vec<Value> =
-                    results.iter().map(|s| json!({"title": s.title, "url": s.url, "snippet": s.snippet})).collect();
-                em.emit("tool_result", json!({ "name": call.name, "results": shown })).await;
+                em.tool_result(&call.name, &results).await;
                 for s in results {
                     if !em.sources.iter().any(|k| k.url == s.url) {
                         em.sources.push(s);
@@ -490,9 +496,7 @@ impl Turn {
                 for name in names {
                     em.emit("tool_call", json!({ "name": name, "arguments": { "query": query } })).await;
                     let results = self.run_tool(name, Some(&query)).await.unwrap_or_default();
-                    let shown: Vec<Value> =
-                        results.iter().map(|s| json!({"title": s.title, "url": s.url, "snippet": s.snippet})).collect();
-                    em.emit("tool_result", json!({ "name": name, "results": shown })).await;
+                    em.tool_result(name, &results).await;
                     em.sources.extend(results);
                 }
                 offline::digest(message, &em.sources)
