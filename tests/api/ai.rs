@@ -573,7 +573,9 @@ async fn upstream_failures_end_in_an_error_event_and_the_session_goes_on() {
     let t = TestApp::spawn(|s| {
         with_llm(s, &llm)
             .set("LLM_MAX_RETRIES", "1")
-            .set("LLM_FIRST_TOKEN_TIMEOUT_SECONDS", "1")
+            // Three keep-alive periods before the first-token deadline, so
+            // at least one comment flows however the two timers line up.
+            .set("LLM_FIRST_TOKEN_TIMEOUT_SECONDS", "3")
             .set("LLM_IDLE_TIMEOUT_SECONDS", "1")
             .set("SSE_KEEPALIVE_SECONDS", "1")
     })
