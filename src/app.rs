@@ -20,6 +20,7 @@ use crate::llm::{LlmClient, LlmSettings};
 use crate::state::{Flags, MemoryBackend, RedisBackend, StateLayer};
 use crate::stores::chat::{ChatSessionStore, ChatSettings};
 use crate::stores::import_queue::{ImportQueue, QueueSettings};
+use crate::stores::limits::{LimitSettings, Limits, Rate};
 use crate::stores::streams::{StreamLog, StreamSettings};
 use crate::stores::tasks::TaskStatusStore;
 
@@ -37,6 +38,8 @@ pub struct App {
     pub tokens: TokenKeys,
     /// The bounded pool that hashes and checks passwords.
     pub passwords: PasswordHashers,
+    /// Rate limits and concurrency leases.
+    pub limits: Arc<Limits>,
     /// Accounts recently confirmed to exist (see [`AccountCheck`]).
     pub accounts: AccountCheck,
     /// Uploads being received now (`MAX_UPLOADS_IN_FLIGHT`): each is held
@@ -134,6 +137,21 @@ impl App {
             features = ?state.all_feature_status(),
             "reportd ready"
         );
+        let limits = Limits::new(
+            state.clone(),
+            LimitSettings {
+                polls: Rate { per_second: config.limit_polls_per_sec, burst: config.limit_polls_burst },
+                requests: Rate { per_second: config.limit_requests_per_sec, burst: config.limit_requests_burst },
+                logins: Rate {
+                    per_second: config.limit_logins_per_min / 60.0,
+                    // A minute's worth at once, then the rate.
+                    burst: (config.limit_logins_per_min.ceil() as u32).max(1),
+                },
+                sse_per_user: config.limit_sse_per_user,
+                imports_per_user: config.limit_imports_per_user,
+                lease_ttl: Duration::from_secs(config.limit_lease_seconds),
+            },
+        );
         let stopping = CancellationToken::new();
         let config_uploads = config.max_uploads_in_flight;
         Ok(Arc::new(Self {
@@ -145,6 +163,7 @@ impl App {
             assistants,
             tokens,
             passwords,
+            limits,
             accounts: AccountCheck::new(),
             uploads: Arc::new(tokio::sync::Semaphore::new(config_uploads)),
             background,

@@ -13,6 +13,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::keys::KeySpace;
+use crate::net::TrustedProxies;
 use crate::state::{FallbackMode, Flag, RedisSettings};
 
 #[derive(Debug, Parser)]
@@ -184,6 +185,33 @@ pub struct Config {
     /// Connections this instance keeps open at once; more are closed at once.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 16_384)]
     pub max_connections: usize,
+    /// Status polls (`/check_import_status`, `/imports/{id}`) per second per user.
+    #[arg(long, env = "LIMIT_POLLS_PER_SEC", default_value_t = 10.0)]
+    pub limit_polls_per_sec: f64,
+    /// Polls a user may send at once above that rate.
+    #[arg(long, env = "LIMIT_POLLS_BURST", default_value_t = 20)]
+    pub limit_polls_burst: u32,
+    /// Other authenticated requests per second per user.
+    #[arg(long, env = "LIMIT_REQUESTS_PER_SEC", default_value_t = 50.0)]
+    pub limit_requests_per_sec: f64,
+    /// Requests a user may send at once above that rate.
+    #[arg(long, env = "LIMIT_REQUESTS_BURST", default_value_t = 100)]
+    pub limit_requests_burst: u32,
+    /// Open SSE streams (answers and resumes) per user.
+    #[arg(long, env = "LIMIT_SSE_PER_USER", default_value_t = 3)]
+    pub limit_sse_per_user: u32,
+    /// Imports per user, queued plus running.
+    #[arg(long, env = "LIMIT_IMPORTS_PER_USER", default_value_t = 2)]
+    pub limit_imports_per_user: u32,
+    /// Login and registration attempts per minute per client IP, and logins per minute per username.
+    #[arg(long, env = "LIMIT_LOGINS_PER_MIN", default_value_t = 10.0)]
+    pub limit_logins_per_min: f64,
+    /// How long a concurrency lease lives without being renewed (its holder renews it every third of that).
+    #[arg(long, env = "LIMIT_LEASE_SECONDS", default_value_t = 30)]
+    pub limit_lease_seconds: u64,
+    /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` is believed for the client IP.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_proxies)]
+    pub trusted_proxies: TrustedProxies,
     /// Threads that hash and check passwords (argon2id, 19 MiB each); 0: one per core.
     #[arg(long, env = "AUTH_HASH_THREADS", default_value_t = 0)]
     pub auth_hash_threads: usize,
@@ -296,6 +324,22 @@ impl Config {
             "REDIS_ENABLED=1 needs REDIS_URL or REDIS_HOST"
         );
         anyhow::ensure!(self.max_upload_mb >= 1, "MAX_UPLOAD_MB must be at least 1");
+        for (name, rate) in [
+            ("LIMIT_POLLS_PER_SEC", self.limit_polls_per_sec),
+            ("LIMIT_REQUESTS_PER_SEC", self.limit_requests_per_sec),
+            ("LIMIT_LOGINS_PER_MIN", self.limit_logins_per_min),
+        ] {
+            anyhow::ensure!(rate.is_finite() && rate > 0.0, "{name} must be a positive number");
+        }
+        for (name, n) in [
+            ("LIMIT_POLLS_BURST", self.limit_polls_burst),
+            ("LIMIT_REQUESTS_BURST", self.limit_requests_burst),
+            ("LIMIT_SSE_PER_USER", self.limit_sse_per_user),
+            ("LIMIT_IMPORTS_PER_USER", self.limit_imports_per_user),
+        ] {
+            anyhow::ensure!(n >= 1, "{name} must be at least 1");
+        }
+        anyhow::ensure!(self.limit_lease_seconds >= 3, "LIMIT_LEASE_SECONDS must be at least 3");
         anyhow::ensure!(self.import_workers >= 1, "IMPORT_WORKERS must be at least 1");
         anyhow::ensure!(self.import_queue_capacity >= 1, "IMPORT_QUEUE_CAPACITY must be at least 1");
         anyhow::ensure!(self.task_status_ttl_seconds >= 60, "TASK_STATUS_TTL_SECONDS must be at least 60");
@@ -391,6 +435,10 @@ impl Config {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
+fn parse_proxies(raw: &str) -> Result<TrustedProxies, String> {
+    raw.parse()
+}
+
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| {

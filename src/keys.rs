@@ -25,6 +25,41 @@ impl fmt::Display for Key {
     }
 }
 
+/// Whom a rate limit counts. A username is typed by the client, so it
+/// enters a key only as a digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitSubject {
+    User(UserId),
+    Ip(std::net::IpAddr),
+    /// A digest of a normalised username.
+    Name(String),
+}
+
+impl LimitSubject {
+    /// The subject for a username as typed (normalised first, so that
+    /// `ALICE` and `alice` share a limit).
+    pub fn username(typed: &str) -> Self {
+        use sha2::Digest;
+        // No name is longer than 64 characters; a longer one is refused
+        // anyway and need not cost more than this to count.
+        let typed: String = typed.chars().take(256).collect();
+        let digest = sha2::Sha256::digest(crate::db::username_key(&typed).as_bytes());
+        Self::Name(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl fmt::Display for LimitSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(u) => write!(f, "user:{u}"),
+            // `::` of IPv6 is harmless in a key; Display of a parsed
+            // address never holds anything else.
+            Self::Ip(ip) => write!(f, "ip:{ip}"),
+            Self::Name(digest) => write!(f, "name:{digest}"),
+        }
+    }
+}
+
 /// The `{REDIS_PREFIX}:{APP_ENV}` namespace and the key templates under it.
 #[derive(Debug, Clone)]
 pub struct KeySpace {
@@ -101,6 +136,18 @@ impl KeySpace {
     pub fn existing(&self, raw: &str) -> Option<Key> {
         let rest = raw.strip_prefix(&self.base)?.strip_prefix(':')?;
         (!rest.is_empty() && !raw.chars().any(|c| c.is_whitespace() || c.is_control())).then(|| Key(raw.to_owned()))
+    }
+
+    /// `{p}:{env}:rl:rate:{limit}:{subject}`: the state of one rate limit
+    /// for one user, client IP or username.
+    pub fn rate_limit(&self, limit: &'static str, subject: &LimitSubject) -> Key {
+        Key(format!("{}:rl:rate:{limit}:{subject}", self.base))
+    }
+
+    /// `{p}:{env}:rl:lease:{limit}:{user_id}`: a user's concurrency leases
+    /// (a sorted set of holders scored by expiry).
+    pub fn leases(&self, limit: &'static str, user: &UserId) -> Key {
+        Key(format!("{}:rl:lease:{limit}:{user}", self.base))
     }
 
     /// `{p}:{env}:flags` — the one key without a TTL.

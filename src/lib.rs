@@ -26,7 +26,8 @@
 //!   [`stores::import_queue::ImportQueue`] (the Redis stream with a consumer
 //!   group, or this instance's bounded queue),
 //!   [`stores::chat::ChatSessionStore`] (conversations and their leases) and
-//!   [`stores::streams::StreamLog`] (answer events, for resuming).
+//!   [`stores::streams::StreamLog`] (answer events, for resuming) and
+//!   [`stores::limits::Limits`] (rate limits and concurrency leases).
 //! - [`import`]: upload sniffing, the parsers ([`import::text`],
 //!   [`import::html`], [`import::docx`], [`import::pdf`]) behind one
 //!   interface ([`import::parse`]), chunking ([`import::chunk`]), the parse
@@ -47,6 +48,8 @@
 //!   instances): users, documents, chunks, and staged uploads, which are
 //!   also the durable, leased record of import jobs ([`db::jobs`]).
 //! - [`auth`]: argon2 passwords and HS256 access tokens.
+//! - [`net`]: the client's IP address (`X-Forwarded-For` from
+//!   `TRUSTED_PROXIES` only), for the login limits.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 
 pub mod app;
@@ -60,6 +63,7 @@ pub mod ids;
 pub mod import;
 pub mod keys;
 pub mod llm;
+pub mod net;
 pub mod search;
 pub mod state;
 pub mod stores;

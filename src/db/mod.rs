@@ -20,7 +20,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use documents::{Chunk, Document, NewChunk};
 pub use jobs::{Claim, JobQueue, JobRef, PendingJob, StagedUpload};
-pub use users::User;
+pub use users::{User, username_key};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");

@@ -40,7 +40,7 @@ const MAX_LOOKUP_CHARS: usize = 256;
 /// library lacks; the two differ on a few letters only (`ß` stays `ß` rather
 /// than folding to `ss`; a final `ς` stays distinct from `σ`), which then
 /// remain distinct names, as they are in most spellings anyway.
-pub(crate) fn username_key(name: &str) -> String {
+pub fn username_key(name: &str) -> String {
     let lower = name.trim().nfkc().collect::<String>().to_lowercase();
     lower.nfkc().collect()
 }

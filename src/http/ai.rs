@@ -25,6 +25,7 @@ use crate::assist::{Input, stream_kind};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{DocumentId, SessionKind, StreamId, TaskId};
 use crate::stores::chat::ChatMessage;
+use crate::stores::limits::{Concurrency, Lease};
 use crate::stores::streams::EventSource;
 
 /// Characters of a polishing instruction.
@@ -131,23 +132,32 @@ async fn search(
 }
 
 async fn start(app: &Arc<App>, user: crate::ids::UserId, task: TaskId, input: Input) -> ApiResult<Response> {
+    // The slot is taken before the turn starts: over the limit, nothing runs.
+    let slot = stream_slot(app, &user).await?;
     let (_, events) = app.assistants.start(user, task, input).await?;
-    Ok(sse(app, events))
+    Ok(sse(app, events, slot))
+}
+
+/// One of the user's `LIMIT_SSE_PER_USER` open streams, held by the
+/// response: it is released when the response ends or its client goes.
+async fn stream_slot(app: &Arc<App>, user: &crate::ids::UserId) -> ApiResult<Lease> {
+    let holder = uuid::Uuid::new_v4().simple().to_string();
+    Ok(app.limits.acquire(Concurrency::Streams, user, &holder).await?)
 }
 
 /// The SSE response of a stream: one event per recorded event, its `id`
 /// the sequence number, keep-alive comments in between. It ends with the
 /// stream, or when the server shuts down (the answer goes on; the client
 /// resumes elsewhere with `Last-Event-ID`).
-fn sse(app: &App, source: EventSource) -> Response {
+fn sse(app: &App, source: EventSource, slot: Lease) -> Response {
     let stopping = app.stopping.clone();
-    let events = futures::stream::unfold((source, stopping), |(mut source, stopping)| async move {
+    let events = futures::stream::unfold((source, stopping, slot), |(mut source, stopping, slot)| async move {
         let event = tokio::select! {
             _ = stopping.cancelled() => None,
             event = source.next() => event,
         }?;
         let sse = SseEvent::default().id(event.seq.to_string()).event(event.event).data(event.data);
-        Some((Ok::<_, Infallible>(sse), (source, stopping)))
+        Some((Ok::<_, Infallible>(sse), (source, stopping, slot)))
     });
     let keep_alive = Duration::from_secs(app.config.sse_keepalive_seconds);
     let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive)).into_response();
@@ -188,8 +198,9 @@ async fn resume(
 ) -> ApiResult<Response> {
     let after = last_event_id(&headers)?;
     let kind = kind_of(&id)?;
+    let slot = stream_slot(&app, &user).await?;
     let source = app.assistants.streams.subscribe(kind, &user, &id, after).await?.ok_or_else(stream_not_found)?;
-    Ok(sse(&app, source))
+    Ok(sse(&app, source, slot))
 }
 
 async fn cancel(

@@ -9,12 +9,14 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 
-use super::extract::{AppJson, CurrentUser, JsonOrForm};
+use super::extract::{AppJson, ClientIp, CurrentUser, JsonOrForm};
 use crate::app::App;
 use crate::auth::dummy_hash;
 use crate::db::is_unique_violation;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::UserId;
+use crate::keys::LimitSubject;
+use crate::stores::limits::RateLimit;
 
 pub fn router() -> Router<Arc<App>> {
     Router::new().route("/auth/register", post(register)).route("/auth/login", post(login)).route("/auth/me", get(me))
@@ -139,8 +141,11 @@ pub fn check_password(password: &str) -> Result<(), ApiError> {
 
 async fn register(
     State(app): State<Arc<App>>,
+    ClientIp(ip): ClientIp,
     AppJson(c): AppJson<Credentials>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
+    // A registration costs a password hash, as a login does.
+    app.limits.check(RateLimit::LoginsPerIp, &LimitSubject::Ip(ip)).await?;
     let username = check_username(&c.username)?;
     check_password(&c.password)?;
     let user = app.create_user(&username, c.password, false).await?;
@@ -154,8 +159,14 @@ fn hashers_busy(_: crate::auth::HashersBusy) -> ApiError {
 
 async fn login(
     State(app): State<Arc<App>>,
+    ClientIp(ip): ClientIp,
     JsonOrForm(c): JsonOrForm<Credentials>,
 ) -> ApiResult<([(axum::http::HeaderName, &'static str); 1], Json<TokenView>)> {
+    // Guessing is slowed per address and per account: many addresses
+    // guessing one password still meet the second limit. Every attempt
+    // counts, so that a limit is met before the hash is paid for.
+    app.limits.check(RateLimit::LoginsPerIp, &LimitSubject::Ip(ip)).await?;
+    app.limits.check(RateLimit::LoginsPerName, &LimitSubject::username(&c.username)).await?;
     // The lookup is by the canonical key, so `ALICE` or fullwidth `ａｌｉｃｅ`
     // logs in as `alice`: the same spellings that registration refuses as
     // taken (see `Database::user_for_login`).

@@ -11,6 +11,8 @@ use serde::de::DeserializeOwned;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::ids::{ParseId, UserId};
+use crate::keys::LimitSubject;
+use crate::stores::limits::RateLimit;
 
 /// The user of a request: the `sub` of a valid bearer token.
 #[derive(Debug, Clone)]
@@ -40,7 +42,34 @@ impl FromRequestParts<Arc<App>> for CurrentUser {
             }
             app.accounts.confirm(&user);
         }
+        // Every authenticated request counts against its user's rate:
+        // status polls against their own (frequent by design), the rest
+        // against the general one.
+        let polling = parts.method == axum::http::Method::GET
+            && parts
+                .extensions
+                .get::<axum::extract::MatchedPath>()
+                .is_some_and(|p| matches!(p.as_str(), "/check_import_status/{task_id}" | "/imports/{task_id}"));
+        let limit = if polling { RateLimit::Polls } else { RateLimit::Requests };
+        app.limits.check(limit, &LimitSubject::User(user.clone())).await?;
         Ok(CurrentUser(user))
+    }
+}
+
+/// The client's IP address: the peer's, or what a trusted proxy says in
+/// `X-Forwarded-For` (see [`crate::net`]).
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl FromRequestParts<Arc<App>> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .ok_or_else(|| ApiError::internal("the peer address is not known"))?;
+        Ok(ClientIp(app.config.trusted_proxies.client_ip(peer, &parts.headers)))
     }
 }
 

@@ -270,6 +270,29 @@ impl StateLayer {
         to_memory().await
     }
 
+    /// A write for state that must always be decided somewhere (rate
+    /// limits, leases): Redis when the feature is served by Redis, else, and
+    /// whenever Redis fails, this process's memory, whatever
+    /// `REDIS_FALLBACK` says (a limit is never lifted, and never a 503).
+    pub async fn write_or_local<T, F, Fut>(&self, feature: Feature, op: F) -> Result<T, StateError>
+    where
+        F: Fn(Arc<dyn Backend>) -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let route = self.route(feature);
+        if route == Route::Redis {
+            let redis: Arc<dyn Backend> = self.redis.clone().expect("route is Redis only with a client");
+            match op(redis).await {
+                Ok(value) => return Ok(value),
+                Err(e) => tracing::debug!(feature = feature.as_str(), error = %e, "served from memory"),
+            }
+        }
+        if route != Route::Memory {
+            Self::count_fallback(feature, "write");
+        }
+        op(self.memory_backend()).await.map_err(|e| StateError::Internal(e.to_string()))
+    }
+
     /// Starts the background work: memory sweeping, Redis health probing and
     /// flag refreshing. All of it stops when `cancel` fires.
     pub fn spawn_background(

@@ -166,6 +166,19 @@ impl Settings {
         s.insert("FLAGS_REFRESH_MS".into(), "200".into());
         // In-process apps run in the test binary: parse workers are the real binary.
         s.insert("IMPORT_PARSER_EXE".into(), binary().into());
+        // Tests register many users from 127.0.0.1 and poll fast; the limit
+        // tests (limits.rs) set the limits they test.
+        for (name, value) in [
+            ("LIMIT_LOGINS_PER_MIN", "100000"),
+            ("LIMIT_POLLS_PER_SEC", "10000"),
+            ("LIMIT_POLLS_BURST", "10000"),
+            ("LIMIT_REQUESTS_PER_SEC", "10000"),
+            ("LIMIT_REQUESTS_BURST", "10000"),
+            ("LIMIT_SSE_PER_USER", "1000"),
+            ("LIMIT_IMPORTS_PER_USER", "1000"),
+        ] {
+            s.insert(name.into(), value.into());
+        }
         Self(s)
     }
 

@@ -12,6 +12,7 @@ mod hardening;
 mod helpers;
 mod imports;
 mod instances;
+mod limits;
 mod llm;
 mod search;
 mod state;
