@@ -140,6 +140,7 @@ impl App {
         let limits = Limits::new(
             state.clone(),
             LimitSettings {
+                rates_enabled: config.rate_limits_enabled,
                 polls: Rate { per_second: config.limit_polls_per_sec, burst: config.limit_polls_burst },
                 requests: Rate { per_second: config.limit_requests_per_sec, burst: config.limit_requests_burst },
                 logins: Rate {

@@ -185,6 +185,9 @@ pub struct Config {
     /// Connections this instance keeps open at once; more are closed at once.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 16_384)]
     pub max_connections: usize,
+    /// 0 lifts every rate limit (for benchmarks and emergencies); the concurrency limits stay.
+    #[arg(long, env = "RATE_LIMITS_ENABLED", default_value = "1", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub rate_limits_enabled: bool,
     /// Status polls (`/check_import_status`, `/imports/{id}`) per second per user.
     #[arg(long, env = "LIMIT_POLLS_PER_SEC", default_value_t = 10.0)]
     pub limit_polls_per_sec: f64,

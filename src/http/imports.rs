@@ -10,11 +10,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::extract::{CurrentUser, IdPath};
+use super::extract::{CurrentUser, IdPath, PollingUser};
 use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::TaskId;
 use crate::import::SubmitError;
+use crate::keys::LimitSubject;
+use crate::stores::limits::RateLimit;
 use crate::stores::tasks::{TaskRecord, TaskStatus};
 
 pub fn router(max_upload_bytes: usize) -> Router<Arc<App>> {
@@ -154,12 +156,16 @@ async fn upload(
 
 async fn status(
     State(app): State<Arc<App>>,
-    CurrentUser(user): CurrentUser,
+    PollingUser(user): PollingUser,
     IdPath(task): IdPath<TaskId>,
 ) -> ApiResult<Json<TaskView>> {
+    // The limit and the read at once: over the limit, what was read is
+    // dropped (a read changes nothing).
+    let subject = LimitSubject::User(user.clone());
+    let (allowed, record) = tokio::join!(app.limits.check(RateLimit::Polls, &subject), app.tasks.get(&user, &task));
+    allowed?;
     // The key carries the user id: another user's task is simply not found,
     // with the same answer as an unknown id.
-    let record =
-        app.tasks.get(&user, &task).await?.ok_or_else(|| ApiError::not_found("task_not_found", "task not found"))?;
+    let record = record?.ok_or_else(|| ApiError::not_found("task_not_found", "task not found"))?;
     Ok(Json(record.into()))
 }
