@@ -13,5 +13,6 @@ mod helpers;
 mod imports;
 mod instances;
 mod llm;
+mod props;
 mod search;
 mod state;
