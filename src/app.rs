@@ -302,7 +302,18 @@ pub async fn serve(
         // A client that does not finish its request headers in time (a
         // slow or half-sent request, or an idle keep-alive connection) is
         // closed. SSE responses are not affected: their request is whole.
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+        // hyper's read buffer bounds a request head: past it, hyper answers
+        // 431 itself, with no body (it checks while the head is incomplete,
+        // so a head up to about twice this may still be read whole). It is
+        // set above the service's own limits (URI and header block, refused
+        // with a JSON body by `http::edge`) and well below hyper's default
+        // (~400 KiB), which also bounds what a connection sending a huge
+        // head can hold.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(2 * (crate::http::MAX_URI_BYTES + crate::http::MAX_HEADER_BYTES));
         let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service)).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -57,10 +57,48 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// The outermost step: drops a client's `x-request-id` unless it is short
-/// and plain (a fresh one is made then), and marks every response
-/// `X-Content-Type-Options: nosniff`.
+/// The longest request target the service reads. Longer ones are refused
+/// with 414 and a JSON body, before hyper's own (bodiless) limit is reached.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// The largest header block (names, values and their separators) the
+/// service reads, refused past this with 431 and a JSON body. hyper's read
+/// buffer (`max_buf_size`, set in `app::serve`) is above this and
+/// [`MAX_URI_BYTES`] together, so that hyper's bodiless 431 only answers
+/// heads far beyond both.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The outermost step: refuses an over-long URI (414) or an over-large
+/// header block (431) with a JSON body, drops a client's `x-request-id`
+/// unless it is short and plain (a fresh one is made then), and marks every
+/// response `X-Content-Type-Options: nosniff`.
 async fn edge(mut req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    // Each header line is `name: value\r\n` on the wire.
+    let header_len: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    let refused = if uri_len > MAX_URI_BYTES {
+        Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request URI must be at most {MAX_URI_BYTES} bytes"),
+        ))
+    } else if header_len > MAX_HEADER_BYTES {
+        Some(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request headers must be at most {MAX_HEADER_BYTES} bytes in all"),
+        ))
+    } else {
+        None
+    };
+    if let Some(error) = refused {
+        let mut response = error.into_response();
+        response.headers_mut().insert("x-content-type-options", axum::http::HeaderValue::from_static("nosniff"));
+        return response;
+    }
     let plain = |v: &axum::http::HeaderValue| {
         let b = v.as_bytes();
         !b.is_empty() && b.len() <= 64 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))

@@ -14,5 +14,6 @@ mod imports;
 mod instances;
 mod limits;
 mod llm;
+mod props;
 mod search;
 mod state;
