@@ -35,27 +35,6 @@ fn config(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, failure_persistence: None, max_shrink_iters: 200, ..ProptestConfig::default() }
 }
 
-/// Limits high enough that a flood of cases is not answered 429 by the rate
-/// and concurrency limits. They are set only if this build knows them:
-/// settings reach an in-process app as flags, and clap refuses unknown ones.
-fn generous_limits(mut settings: Settings) -> Settings {
-    use clap::CommandFactory;
-    let cli = reportd::Cli::command();
-    for (name, value) in [
-        ("LIMIT_REQUESTS_PER_SEC", "100000"),
-        ("LIMIT_POLLS_PER_SEC", "100000"),
-        ("LIMIT_LOGINS_PER_MIN", "1000000"),
-        ("LIMIT_IMPORTS_PER_USER", "1000"),
-        ("LIMIT_SSE_PER_USER", "1000"),
-    ] {
-        let long = name.to_ascii_lowercase().replace('_', "-");
-        if cli.get_arguments().any(|a| a.get_long() == Some(long.as_str())) {
-            settings = settings.set(name, value);
-        }
-    }
-    settings
-}
-
 /// One service with its own Redis, and the runtime that drives both while
 /// proptest calls the cases synchronously. Fields drop in order: the app
 /// is told to stop before Redis and the runtime go.
@@ -72,7 +51,7 @@ impl Hostile {
     fn start() -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let redis = rt.block_on(TestRedis::start());
-        let app = rt.block_on(TestApp::spawn(|s| generous_limits(s.with_redis(&redis))));
+        let app = rt.block_on(TestApp::spawn(|s| s.with_redis(&redis)));
         Self { app, redis, rt, statuses: Default::default() }
     }
 
