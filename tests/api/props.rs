@@ -22,7 +22,7 @@ use proptest::sample::{Index, select};
 use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 
-use crate::helpers::{Client, JWT_SECRET, Settings, TestApp, TestRedis};
+use crate::helpers::{Client, JWT_SECRET, TestApp, TestRedis};
 
 /// The key prefix of a test app (`REDIS_PREFIX` and `APP_ENV=test`).
 const PREFIX: &str = "langextract:test:";
