@@ -117,8 +117,8 @@ impl Concurrency {
 
     fn what(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            Self::Streams => ("too_many_streams", "LIMIT_SSE_PER_USER", "open answer streams"),
-            Self::Imports => ("too_many_imports", "LIMIT_IMPORTS_PER_USER", "imports waiting or running"),
+            Self::Streams => ("stream_limit_reached", "LIMIT_SSE_PER_USER", "open answer streams"),
+            Self::Imports => ("import_limit_reached", "LIMIT_IMPORTS_PER_USER", "imports waiting or running"),
         }
     }
 }

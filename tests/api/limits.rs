@@ -124,7 +124,7 @@ async fn a_killed_holder_frees_its_slot_when_its_lease_expires() {
     };
     let open = ask(&a.client, "t1").await;
     assert_eq!(open.status(), 200);
-    assert_limited(ask(&b.client, "t2").await, "too_many_streams").await;
+    assert_limited(ask(&b.client, "t2").await, "stream_limit_reached").await;
 
     a.kill();
     drop(open);
@@ -137,7 +137,7 @@ async fn a_killed_holder_frees_its_slot_when_its_lease_expires() {
             freed = Some(killed_at.elapsed());
             break;
         }
-        assert_limited(r, "too_many_streams").await;
+        assert_limited(r, "stream_limit_reached").await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let freed = freed.expect("the dead holder's slot came back");
@@ -337,9 +337,9 @@ async fn open_streams_are_limited_and_released_when_the_client_goes() {
     let first = ask("s1").await.unwrap();
     let second = ask("s2").await.unwrap();
     assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
-    assert_limited(ask("s3").await.unwrap(), "too_many_streams").await;
+    assert_limited(ask("s3").await.unwrap(), "stream_limit_reached").await;
     let resume = c.get(&token, "/ai/streams/generate-00000000000000000000000000000000").await;
-    assert_limited(resume, "too_many_streams").await;
+    assert_limited(resume, "stream_limit_reached").await;
 
     drop(first);
     llm.push(Reply::text("好"));
