@@ -152,6 +152,7 @@ impl App {
                 imports_per_user: config.limit_imports_per_user,
                 lease_ttl: Duration::from_secs(config.limit_lease_seconds),
             },
+            background.clone(),
         );
         let stopping = CancellationToken::new();
         let config_uploads = config.max_uploads_in_flight;

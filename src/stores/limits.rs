@@ -142,6 +142,8 @@ impl From<Limited> for ApiError {
 pub struct Limits {
     state: Arc<StateLayer>,
     settings: LimitSettings,
+    /// Stops every lease renewal (the service is shutting down).
+    stop: CancellationToken,
 }
 
 /// Milliseconds on this process's clock, for the memory twins (the Redis
@@ -155,8 +157,9 @@ fn count(limit: &'static str, outcome: &'static str) {
 }
 
 impl Limits {
-    pub fn new(state: Arc<StateLayer>, settings: LimitSettings) -> Arc<Self> {
-        Arc::new(Self { state, settings })
+    /// Renewals stop when `stop` fires (the service's background work).
+    pub fn new(state: Arc<StateLayer>, settings: LimitSettings, stop: CancellationToken) -> Arc<Self> {
+        Arc::new(Self { state, settings, stop })
     }
 
     pub fn settings(&self) -> &LimitSettings {
@@ -267,7 +270,13 @@ impl Limits {
             });
         }
         count(limit.name(), "allowed");
-        Ok(self.hold(limit, user, holder, Renew::Readopt))
+        let renew = match limit {
+            // An open stream is alive as long as its response is.
+            Concurrency::Streams => Renew::Readopt,
+            // An import's slot may be released by the instance that ran it.
+            Concurrency::Imports => Renew::WhileHeld,
+        };
+        Ok(self.hold(limit, user, holder, renew, true))
     }
 
     /// Holds a slot for `holder` without checking the limit: a job this
@@ -275,13 +284,7 @@ impl Limits {
     /// Renewal stops once someone releases the slot (the job ended).
     pub async fn adopt(self: &Arc<Self>, limit: Concurrency, user: &UserId, holder: &str) -> Lease {
         self.lease_op(limit, user, "adopt", holder).await;
-        self.hold(limit, user, holder, Renew::WhileHeld)
-    }
-
-    /// Keeps renewing a slot taken elsewhere until it is released (see
-    /// [`Self::adopt`]); does not take it.
-    pub fn follow(self: &Arc<Self>, limit: Concurrency, user: &UserId, holder: &str) -> Lease {
-        self.hold(limit, user, holder, Renew::WhileHeld)
+        self.hold(limit, user, holder, Renew::WhileHeld, false)
     }
 
     /// Frees `holder`'s slot, wherever it was taken.
@@ -294,15 +297,22 @@ impl Limits {
         self.lease_op(limit, user, "count", "-").await.and_then(|o| o.value).and_then(|v| v.parse().ok()).unwrap_or(0)
     }
 
-    fn hold(self: &Arc<Self>, limit: Concurrency, user: &UserId, holder: &str, renew: Renew) -> Lease {
-        let stop = CancellationToken::new();
+    fn hold(
+        self: &Arc<Self>,
+        limit: Concurrency,
+        user: &UserId,
+        holder: &str,
+        renew: Renew,
+        release_on_drop: bool,
+    ) -> Lease {
+        let stop = self.stop.child_token();
         let lease = Lease {
             limits: self.clone(),
             limit,
             user: user.clone(),
             holder: holder.to_owned(),
             stop: stop.clone(),
-            release_on_drop: renew == Renew::Readopt,
+            release_on_drop,
         };
         let (limits, user, holder) = (self.clone(), user.clone(), holder.to_owned());
         let every = self.settings.lease_ttl / 3;
@@ -356,11 +366,12 @@ impl Lease {
         self.limits.release(self.limit, &self.user, &self.holder).await;
     }
 
-    /// Stops renewing without releasing: the slot is someone else's to
-    /// release now (or expires).
-    pub fn forget(mut self) {
+    /// Lets the slot outlive this value: it is renewed until someone
+    /// releases it (an import that ended, on any instance) or the service
+    /// stops, and then expires.
+    pub fn detach(mut self) {
         self.release_on_drop = false;
-        self.stop.cancel();
+        self.stop = CancellationToken::new();
     }
 }
 
