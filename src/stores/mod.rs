@@ -14,7 +14,9 @@
 //! - [`streams`]: the events of AI answers, kept for resuming on any
 //!   instance (a Redis Stream per answer, or this instance's memory), and
 //!   cancelling across instances.
+//! - [`cache`]: the per-user read cache of the document endpoints, in Redis only.
 
+pub mod cache;
 pub mod chat;
 pub mod import_queue;
 pub mod streams;
