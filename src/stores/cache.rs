@@ -84,6 +84,10 @@ const MAX_FLIGHTS: usize = 4_096;
 /// retry takes the rest).
 const FLUSH_PER_REQUEST: usize = 16;
 
+/// Larger bodies (a document's page of up to 500 chunks can be) are
+/// answered but not stored, so that one entry never costs Redis much.
+const MAX_CACHED_BYTES: usize = 1024 * 1024;
+
 /// A random first version stays below 10^12, so that versions stay exact
 /// integers in Lua (whose numbers are doubles, printed with 14 digits).
 const MAX_FIRST_VERSION: u64 = 1_000_000_000_000;
@@ -495,7 +499,8 @@ impl ReadCache {
         }
         let bytes = fill().await?;
         // A JSON body is always UTF-8; anything else is simply not cached.
-        if let Ok(text) = std::str::from_utf8(&bytes)
+        if bytes.len() <= MAX_CACHED_BYTES
+            && let Ok(text) = std::str::from_utf8(&bytes)
             && let Err(e) = redis.set(key, text, self.inner.ttl).await
         {
             self.error("write", &e);
