@@ -18,6 +18,7 @@ use crate::import::{ImportService, ImportSettings};
 use crate::keys::KeySpace;
 use crate::llm::{LlmClient, LlmSettings};
 use crate::state::{Flags, MemoryBackend, RedisBackend, StateLayer};
+use crate::stores::cache::ReadCache;
 use crate::stores::chat::{ChatSessionStore, ChatSettings};
 use crate::stores::import_queue::{ImportQueue, QueueSettings};
 use crate::stores::limits::{LimitSettings, Limits, Rate};
@@ -33,6 +34,8 @@ pub struct App {
     pub db: Database,
     pub state: Arc<StateLayer>,
     pub tasks: TaskStatusStore,
+    /// The read cache of the document endpoints.
+    pub cache: ReadCache,
     pub imports: Arc<ImportService>,
     pub assistants: Arc<Assistants>,
     pub tokens: TokenKeys,
@@ -95,6 +98,8 @@ impl App {
         state.spawn_background(health, Duration::from_millis(config.flags_refresh_ms.max(100)), background.clone());
 
         let tasks = TaskStatusStore::new(state.clone(), Duration::from_secs(config.task_status_ttl_seconds));
+        let cache = ReadCache::new(state.clone(), Duration::from_secs(config.cache_ttl_seconds));
+        cache.spawn_background(background.clone());
         let heartbeat_timeout = Duration::from_secs(config.import_heartbeat_timeout_seconds);
         let queue = ImportQueue::new(
             state.clone(),
@@ -125,6 +130,7 @@ impl App {
                 },
                 max_attempts: i64::from(config.import_max_attempts),
                 stage_delay: Duration::from_millis(config.import_stage_delay_ms),
+                cache: cache.clone(),
             },
             background.clone(),
         );
@@ -161,6 +167,7 @@ impl App {
             db,
             state,
             tasks,
+            cache,
             imports,
             assistants,
             tokens,

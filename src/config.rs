@@ -108,6 +108,9 @@ pub struct Config {
     /// Short-TTL cache of read-heavy endpoints in Redis.
     #[arg(long, env = "REDIS_CACHE_ENABLED", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub redis_cache_enabled: bool,
+    /// How long a cached read (document list, document, search) is kept; 10 to 60.
+    #[arg(long, env = "CACHE_TTL_SECONDS", default_value_t = 30)]
+    pub cache_ttl_seconds: u64,
     /// Rate and concurrency limits shared through Redis.
     #[arg(long, env = "REDIS_RATE_LIMIT_ENABLED", default_value = "0", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub redis_rate_limit_enabled: bool,
@@ -362,6 +365,7 @@ impl Config {
             self.chunk_overlap_chars < self.chunk_size_chars,
             "CHUNK_OVERLAP_CHARS must be smaller than CHUNK_SIZE_CHARS"
         );
+        anyhow::ensure!((10..=60).contains(&self.cache_ttl_seconds), "CACHE_TTL_SECONDS must be between 10 and 60");
         anyhow::ensure!(self.redis_command_timeout_ms >= 10, "REDIS_COMMAND_TIMEOUT_MS must be at least 10");
         anyhow::ensure!(self.chat_max_messages >= 2, "CHAT_MAX_MESSAGES must be at least 2");
         anyhow::ensure!(self.chat_session_ttl_seconds >= 60, "CHAT_SESSION_TTL_SECONDS must be at least 60");

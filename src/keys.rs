@@ -8,6 +8,7 @@ use std::fmt;
 
 use crate::ids::{SessionKind, StreamId, TaskId, UserId};
 use crate::state::Feature;
+use crate::stores::cache::{CacheDigest, CacheView};
 
 /// A complete Redis key. It can only be made by [`KeySpace`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,6 +154,19 @@ impl KeySpace {
     /// `{p}:{env}:flags` — the one key without a TTL.
     pub fn flags(&self) -> Key {
         Key(format!("{}:flags", self.base))
+    }
+
+    /// `{p}:{env}:cache:{user_id}:v`: the version of a user's cached reads
+    /// (an integer; a change to the user's documents increments it).
+    pub fn cache_version(&self, user: &UserId) -> Key {
+        Key(format!("{}:cache:{user}:v", self.base))
+    }
+
+    /// `{p}:{env}:cache:{user_id}:{version}:{what}:{digest}`: one cached
+    /// response. The request's parameters reach the key only as a hex digest
+    /// ([`CacheDigest`]), never verbatim.
+    pub fn cache_entry(&self, user: &UserId, version: u64, view: CacheView, digest: &CacheDigest) -> Key {
+        Key(format!("{}:cache:{user}:{version}:{}:{}", self.base, view.as_str(), digest.as_str()))
     }
 }
 

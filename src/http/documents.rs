@@ -1,11 +1,17 @@
 //! `GET /documents`, `GET /documents/{id}`, `DELETE /documents/{id}`.
+//!
+//! The two reads go through the read cache ([`crate::stores::cache`]), which
+//! holds their exact JSON bodies; a delete invalidates the caller's cached
+//! reads before it is acknowledged.
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{AppQuery, CurrentUser, IdPath};
@@ -13,6 +19,7 @@ use crate::app::App;
 use crate::db::{Chunk, Document};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::DocumentId;
+use crate::stores::cache::Lookup;
 
 pub fn router() -> Router<Arc<App>> {
     Router::new().route("/documents", get(list)).route("/documents/{id}", get(show).delete(remove))
@@ -71,14 +78,35 @@ fn not_found() -> ApiError {
     ApiError::not_found("document_not_found", "document not found")
 }
 
+/// A JSON body already encoded (possibly read back from the cache): answered
+/// as `axum::Json` would answer it.
+pub(super) struct JsonBody(pub Bytes);
+
+impl IntoResponse for JsonBody {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.0).into_response()
+    }
+}
+
+/// The body `axum::Json(value)` would send.
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(value).map(Bytes::from).map_err(|e| ApiError::internal(format!("encoding a response: {e}")))
+}
+
 async fn list(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
     AppQuery(page): AppQuery<Page>,
-) -> ApiResult<Json<DocumentList>> {
+) -> ApiResult<JsonBody> {
     let (limit, offset) = page.bounds(20, 100)?;
-    let (docs, total) = app.db.list_documents(&user, limit, offset).await?;
-    Ok(Json(DocumentList { items: docs.into_iter().map(Into::into).collect(), total }))
+    let body = app
+        .cache
+        .serve(&user, Lookup::list(limit, offset), || async {
+            let (docs, total) = app.db.list_documents(&user, limit, offset).await?;
+            encode(&DocumentList { items: docs.into_iter().map(Into::into).collect(), total })
+        })
+        .await?;
+    Ok(JsonBody(body))
 }
 
 async fn show(
@@ -86,11 +114,19 @@ async fn show(
     CurrentUser(user): CurrentUser,
     IdPath(id): IdPath<DocumentId>,
     AppQuery(page): AppQuery<Page>,
-) -> ApiResult<Json<DocumentDetail>> {
+) -> ApiResult<JsonBody> {
     let (limit, offset) = page.bounds(50, 500)?;
-    let doc = app.db.document(&user, &id).await?.ok_or_else(not_found)?;
-    let chunks = app.db.chunks(&user, &id, limit, offset).await?;
-    Ok(Json(DocumentDetail { doc: doc.into(), chunks }))
+    // A 404 is an error of the fill: never cached, so a document is found
+    // as soon as its import has completed.
+    let body = app
+        .cache
+        .serve(&user, Lookup::doc(&id, limit, offset), || async {
+            let doc = app.db.document(&user, &id).await?.ok_or_else(not_found)?;
+            let chunks = app.db.chunks(&user, &id, limit, offset).await?;
+            encode(&DocumentDetail { doc: doc.into(), chunks })
+        })
+        .await?;
+    Ok(JsonBody(body))
 }
 
 async fn remove(
@@ -98,5 +134,11 @@ async fn remove(
     CurrentUser(user): CurrentUser,
     IdPath(id): IdPath<DocumentId>,
 ) -> ApiResult<StatusCode> {
-    if app.db.delete_document(&user, &id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(not_found()) }
+    if !app.db.delete_document(&user, &id).await? {
+        return Err(not_found());
+    }
+    // Before the 204: a list the client sends after it must not come from
+    // the cache filled before the delete.
+    app.cache.invalidate(&user).await;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,18 +1,21 @@
 //! `GET /documents/search?q=…&limit=…&document_ids=…`: full-text search over
-//! the caller's own chunks (SPEC §5), through [`crate::search`].
+//! the caller's own chunks (SPEC §5), through [`crate::search`]; answers go
+//! through the read cache ([`crate::stores::cache`]).
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::documents::{JsonBody, encode};
 use super::extract::{AppQuery, CurrentUser};
 use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::DocumentId;
 use crate::search::{MAX_LIMIT, SearchHit, SearchIndex};
+use crate::stores::cache::Lookup;
 
 /// Longest accepted query, in characters.
 pub const MAX_QUERY_CHARS: usize = 200;
@@ -65,7 +68,7 @@ async fn search(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
     AppQuery(params): AppQuery<Params>,
-) -> ApiResult<Json<Results>> {
+) -> ApiResult<JsonBody> {
     let q = params.q.as_deref().map(str::trim).unwrap_or_default();
     if q.is_empty() {
         return Err(ApiError::unprocessable("invalid_query", "q must not be empty"));
@@ -81,8 +84,15 @@ async fn search(
         return Err(ApiError::unprocessable("invalid_query", format!("limit must be between 1 and {MAX_LIMIT}")));
     }
     let ids = params.document_ids.as_deref().map(parse_ids).transpose()?;
-    let hits = SearchIndex::for_database(&app.db).search(&app.db, &user, q, ids.as_deref(), limit as usize).await?;
-    Ok(Json(Results { items: hits.into_iter().map(Item::from).collect() }))
+    let body = app
+        .cache
+        .serve(&user, Lookup::search(q, limit, ids.as_deref()), || async {
+            let hits =
+                SearchIndex::for_database(&app.db).search(&app.db, &user, q, ids.as_deref(), limit as usize).await?;
+            encode(&Results { items: hits.into_iter().map(Item::from).collect() })
+        })
+        .await?;
+    Ok(JsonBody(body))
 }
 
 /// The ids of a `document_ids` parameter: comma-separated, blanks around

@@ -57,6 +57,8 @@ pub struct ImportSettings {
     /// Starts of one job before its task fails (its worker kept dying).
     pub max_attempts: i64,
     pub stage_delay: Duration,
+    /// Told when a document is stored, before its task completes.
+    pub cache: crate::stores::cache::ReadCache,
 }
 
 /// Why an upload was not accepted.
@@ -532,6 +534,7 @@ impl ImportService {
             tracing::error!(error = %e, "cannot store a document");
             "the document could not be saved".to_string()
         })?;
+        self.settings.cache.invalidate(&job.user).await;
         Ok(doc.id)
     }
 }

@@ -14,9 +14,11 @@
 //! - [`streams`]: the events of AI answers, kept for resuming on any
 //!   instance (a Redis Stream per answer, or this instance's memory), and
 //!   cancelling across instances.
+//! - [`cache`]: the per-user read cache of the document endpoints, in Redis only.
 //! - [`limits`]: rate limits (GCRA) and concurrency leases (sorted sets
 //!   scored by expiry), each decided in one script with Redis's clock.
 
+pub mod cache;
 pub mod chat;
 pub mod import_queue;
 pub mod limits;

@@ -5,6 +5,7 @@
 mod ai;
 mod auth;
 mod bad_files;
+mod cache;
 mod corpus;
 mod durability;
 mod fakes;
