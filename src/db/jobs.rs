@@ -12,13 +12,24 @@
 //! entry claimed by two instances, a sweep that races a delivery): the claim
 //! makes that harmless. A job whose holder died is found by
 //! [`Database::orphaned_jobs`] once its lease has run out.
+//!
+//! The bytes of an upload are stored in parts of at most
+//! [`UPLOAD_PART_BYTES`] (`staged_upload_parts`, ordered by `seq`), never as
+//! one value: staging copies the spooled file part by part and the worker
+//! reads it back part by part, so that an upload of any size costs the
+//! service about one part of memory at a time.
 
 use sqlx::FromRow;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::Database;
 use crate::ids::{TaskId, UserId};
 
-/// An upload waiting for (or being processed by) its import job.
+/// The largest part of a staged upload, in bytes.
+pub const UPLOAD_PART_BYTES: usize = 1024 * 1024;
+
+/// An upload waiting for (or being processed by) its import job; its bytes
+/// are read with [`Database::staged_upload_part`].
 #[derive(Debug, Clone, FromRow)]
 pub struct StagedUpload {
     pub task_id: String,
@@ -26,7 +37,7 @@ pub struct StagedUpload {
     pub filename: String,
     pub title: String,
     pub format: String,
-    pub content: Vec<u8>,
+    pub size_bytes: i64,
     pub created_at: i64,
 }
 
@@ -79,15 +90,21 @@ impl Database {
     /// Stages an upload as a job of `queue`, held by `holder` until
     /// `lease_until` when given (local jobs are held by the instance whose
     /// queue has them; stream jobs by nobody until a worker claims them).
-    pub async fn stage_upload(
+    ///
+    /// Its bytes are read from `content` (exactly `upload.size_bytes` of
+    /// them) and stored in parts, all in one transaction: no worker can see
+    /// the job before its last part is there.
+    pub async fn stage_upload<R: AsyncRead + Unpin + Send>(
         &self,
         upload: &StagedUpload,
+        content: &mut R,
         queue: JobQueue,
         holder: Option<(&str, i64)>,
     ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO staged_uploads \
-             (task_id, user_id, filename, title, format, content, created_at, queue, claimed_by, lease_until) \
+             (task_id, user_id, filename, title, format, size_bytes, created_at, queue, claimed_by, lease_until) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&upload.task_id)
@@ -95,14 +112,52 @@ impl Database {
         .bind(&upload.filename)
         .bind(&upload.title)
         .bind(&upload.format)
-        .bind(&upload.content)
+        .bind(upload.size_bytes)
         .bind(upload.created_at)
         .bind(queue.as_str())
         .bind(holder.map(|(h, _)| h.to_owned()))
         .bind(holder.map_or(0, |(_, until)| until))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        let mut stored: i64 = 0;
+        for seq in 0i64.. {
+            let part = read_part(content).await.map_err(sqlx::Error::Io)?;
+            if part.is_empty() {
+                break;
+            }
+            stored += part.len() as i64;
+            sqlx::query("INSERT INTO staged_upload_parts (user_id, task_id, seq, data) VALUES ($1, $2, $3, $4)")
+                .bind(&upload.user_id)
+                .bind(&upload.task_id)
+                .bind(seq)
+                .bind(part)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // A spool that does not hold what was received must not become a
+        // job: its import would parse a different file.
+        if stored != upload.size_bytes {
+            return Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the upload has {stored} bytes, {} were received", upload.size_bytes),
+            )));
+        }
+        tx.commit().await
+    }
+
+    /// Part `seq` (from 0) of a staged upload, or `None` past its last part.
+    pub async fn staged_upload_part(
+        &self,
+        user: &UserId,
+        task: &TaskId,
+        seq: i64,
+    ) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        sqlx::query_scalar("SELECT data FROM staged_upload_parts WHERE user_id = $1 AND task_id = $2 AND seq = $3")
+            .bind(user.as_str())
+            .bind(task.as_str())
+            .bind(seq)
+            .fetch_optional(self.pool())
+            .await
     }
 
     /// Moves a job to another queue (a stream job whose enqueue failed goes
@@ -130,7 +185,7 @@ impl Database {
 
     pub async fn staged_upload(&self, user: &UserId, task: &TaskId) -> Result<Option<StagedUpload>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT task_id, user_id, filename, title, format, content, created_at FROM staged_uploads \
+            "SELECT task_id, user_id, filename, title, format, size_bytes, created_at FROM staged_uploads \
              WHERE user_id = $1 AND task_id = $2",
         )
         .bind(user.as_str())
@@ -272,13 +327,36 @@ impl Database {
         .await
     }
 
-    /// Ends a job for good: its upload is no longer needed.
+    /// Ends a job for good: its upload is no longer needed. Its parts go
+    /// first and explicitly (the foreign key would cascade too, but only
+    /// where SQLite's `foreign_keys` pragma is on).
     pub async fn drop_staged_upload(&self, user: &UserId, task: &TaskId) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM staged_upload_parts WHERE user_id = $1 AND task_id = $2")
+            .bind(user.as_str())
+            .bind(task.as_str())
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM staged_uploads WHERE user_id = $1 AND task_id = $2")
             .bind(user.as_str())
             .bind(task.as_str())
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await
     }
+}
+
+/// Reads the next part of `content`: up to [`UPLOAD_PART_BYTES`], fewer only
+/// at its end, nothing past it.
+async fn read_part<R: AsyncRead + Unpin>(content: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut part = vec![0u8; UPLOAD_PART_BYTES];
+    let mut filled = 0;
+    while filled < part.len() {
+        match content.read(&mut part[filled..]).await? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    part.truncate(filled);
+    Ok(part)
 }

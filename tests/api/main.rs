@@ -15,3 +15,4 @@ mod instances;
 mod llm;
 mod search;
 mod state;
+mod uploads;
