@@ -360,3 +360,138 @@ async fn read_part<R: AsyncRead + Unpin>(content: &mut R) -> std::io::Result<Vec
     part.truncate(filled);
     Ok(part)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
+
+    /// A database migrated up to `version`: SQLite in `dir`, or a fresh
+    /// PostgreSQL database when `REPORTD_TEST_POSTGRES` names a server.
+    async fn database_at(dir: &std::path::Path, version: i64) -> (sqlx::AnyPool, &'static sqlx::migrate::Migrator) {
+        sqlx::any::install_default_drivers();
+        let (url, migrator) = match std::env::var("REPORTD_TEST_POSTGRES") {
+            Ok(admin) => {
+                let name = format!("jobs_{}", uuid::Uuid::new_v4().simple());
+                let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
+                pool.close().await;
+                let (base, _) = admin.rsplit_once('/').unwrap();
+                (format!("{base}/{name}"), &POSTGRES_MIGRATIONS)
+            }
+            Err(_) => (format!("sqlite://{}/t.db?mode=rwc", dir.display()), &SQLITE_MIGRATIONS),
+        };
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        migrator.run_to(version, &pool).await.unwrap();
+        (pool, migrator)
+    }
+
+    async fn add_user(pool: &sqlx::AnyPool, id: &str) {
+        sqlx::query(
+            "INSERT INTO users (id, username, username_key, password_hash, is_admin, created_at) \
+             VALUES ($1, $1, $1, 'x', 0, 0)",
+        )
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    /// Bytes that differ from part to part, so that a part read in the
+    /// wrong place does not compare equal.
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ (i / UPLOAD_PART_BYTES) as u8).collect()
+    }
+
+    async fn read_back(db: &Database, user: &UserId, task: &TaskId) -> (Vec<usize>, Vec<u8>) {
+        let (mut sizes, mut all) = (Vec::new(), Vec::new());
+        for seq in 0.. {
+            let Some(part) = db.staged_upload_part(user, task, seq).await.unwrap() else { break };
+            sizes.push(part.len());
+            all.extend_from_slice(&part);
+        }
+        (sizes, all)
+    }
+
+    /// Staging stores an upload in parts of at most 1 MiB, in order, that
+    /// read back to the same bytes; a reader that ends early stages nothing;
+    /// dropping the upload drops its parts.
+    #[tokio::test]
+    async fn uploads_are_staged_in_parts() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (pool, migrator) = database_at(dir.path(), 0).await;
+        migrator.run(&pool).await.unwrap();
+        let db = Database { pool };
+        let user = UserId::generate();
+        add_user(db.pool(), user.as_str()).await;
+        let len = 2 * UPLOAD_PART_BYTES + 12_345;
+        let bytes = content(len);
+        let (task, empty) = (TaskId::generate(), TaskId::generate());
+        let upload = |task: &TaskId, size: usize| StagedUpload {
+            task_id: task.to_string(),
+            user_id: user.to_string(),
+            filename: "f.txt".into(),
+            title: String::new(),
+            format: "txt".into(),
+            size_bytes: size as i64,
+            created_at: 1,
+        };
+        db.stage_upload(&upload(&task, len), &mut bytes.as_slice(), JobQueue::Local, Some(("me", 10))).await.unwrap();
+        db.stage_upload(&upload(&empty, 0), &mut &b""[..], JobQueue::Redis, None).await.unwrap();
+
+        let staged = db.staged_upload(&user, &task).await.unwrap().unwrap();
+        assert_eq!(staged.size_bytes, len as i64);
+        let (sizes, back) = read_back(&db, &user, &task).await;
+        assert_eq!(sizes, [UPLOAD_PART_BYTES, UPLOAD_PART_BYTES, 12_345]);
+        assert!(back == bytes, "the parts read back to the upload");
+        assert_eq!(read_back(&db, &user, &empty).await.0, Vec::<usize>::new());
+
+        // Fewer bytes than announced: nothing of it is kept.
+        let short = TaskId::generate();
+        let err =
+            db.stage_upload(&upload(&short, len + 1), &mut bytes.as_slice(), JobQueue::Local, None).await.unwrap_err();
+        assert!(matches!(err, sqlx::Error::Io(_)), "{err}");
+        assert!(db.staged_upload(&user, &short).await.unwrap().is_none());
+        assert!(db.staged_upload_part(&user, &short, 0).await.unwrap().is_none());
+
+        db.drop_staged_upload(&user, &task).await.unwrap();
+        assert!(db.staged_upload(&user, &task).await.unwrap().is_none());
+        let parts: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM staged_upload_parts").fetch_one(db.pool()).await.unwrap();
+        assert_eq!(parts, 0);
+    }
+
+    /// Uploads staged as one BLOB before migration 0005 are cut into parts
+    /// by it and read back whole; an empty one has no part.
+    #[tokio::test]
+    async fn uploads_staged_before_the_parts_migration_survive_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (pool, migrator) = database_at(dir.path(), 4).await;
+        let user = UserId::generate();
+        add_user(&pool, user.as_str()).await;
+        let sizes = [0, 10, UPLOAD_PART_BYTES, 3 * UPLOAD_PART_BYTES + 1];
+        let tasks: Vec<TaskId> = sizes.iter().map(|_| TaskId::generate()).collect();
+        for (task, size) in tasks.iter().zip(sizes) {
+            sqlx::query(
+                "INSERT INTO staged_uploads (task_id, user_id, filename, title, format, content, created_at) \
+                 VALUES ($1, $2, 'f.txt', '', 'txt', $3, 1)",
+            )
+            .bind(task.as_str())
+            .bind(user.as_str())
+            .bind(content(size))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        migrator.run(&pool).await.unwrap();
+        let db = Database { pool };
+        for (task, size) in tasks.iter().zip(sizes) {
+            let staged = db.staged_upload(&user, task).await.unwrap().unwrap();
+            assert_eq!(staged.size_bytes, size as i64);
+            let (parts, back) = read_back(&db, &user, task).await;
+            assert!(parts.iter().all(|p| *p <= UPLOAD_PART_BYTES && *p > 0), "{parts:?}");
+            assert_eq!(parts.len(), size.div_ceil(UPLOAD_PART_BYTES));
+            assert!(back == content(size), "{size} bytes read back");
+        }
+    }
+}
