@@ -281,7 +281,7 @@ async fn fifty_concurrent_50_mib_uploads_keep_memory_bounded() {
             match r {
                 Ok(r) => r.status().as_u16(),
                 Err(e) => {
-                    eprintln!("upload failed after {} KiB: {e:?}", sent.load(Ordering::Relaxed) / 1024);
+                    eprintln!("upload failed after {} KiB: {e}", sent.load(Ordering::Relaxed) / 1024);
                     0
                 }
             }
@@ -310,16 +310,27 @@ async fn fifty_concurrent_50_mib_uploads_keep_memory_bounded() {
     );
     let elapsed = started.elapsed();
     let accepted = codes.iter().filter(|c| **c == 202).count();
-    let refused = codes.iter().filter(|c| **c == 503).count();
+    let answered_503 = codes.iter().filter(|c| **c == 503).count();
+    // A refusal is answered before the body is read, and the connection is
+    // then closed under a client still sending: the client may see that
+    // reset before it reads the 503. The server's own count says how many
+    // it refused.
+    let metrics = p.client.http.get(p.client.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("reportd_uploads_refused_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as usize;
     eprintln!(
-        "50 x 50 MiB uploads in {elapsed:?}: {accepted} accepted (202), {refused} refused (503), others {:?}; \
-         RSS {} MiB before, peak {} MiB (+{} MiB)",
-        codes.iter().filter(|c| **c != 202 && **c != 503).collect::<Vec<_>>(),
+        "50 x 50 MiB uploads in {elapsed:?}: {accepted} accepted (202), {refused} refused ({answered_503} answers \
+         503 read, the others reset while sending); RSS {} MiB before, peak {} MiB (+{} MiB)",
         before / 1024,
         peak / 1024,
         peak.saturating_sub(before) / 1024,
     );
-    assert_eq!(accepted + refused, users, "every upload is accepted or refused with 503: {codes:?}");
+    assert!(codes.iter().all(|c| [0, 202, 503].contains(c)), "only 202 or 503: {codes:?}");
+    assert_eq!(accepted + refused, users, "every upload is accepted or refused: {codes:?}");
+    assert!(answered_503 <= refused);
     assert!(accepted >= 8, "at least MAX_UPLOADS_IN_FLIGHT uploads get in: {codes:?}");
     assert!(refused > 0, "some uploads are refused: {codes:?}");
     let growth_mb = peak.saturating_sub(before) / 1024;
