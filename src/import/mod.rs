@@ -92,7 +92,7 @@ const SNIFF_BYTES: usize = 64 * 1024;
 /// as it is created): it goes away when this is dropped, on every path (an
 /// error, a 413, a client that went away mid-body), and even when the
 /// process is killed, nothing is left in the directory. It is created
-/// `0600` in a directory made `0700`.
+/// `0600`, in a directory created `0700` when missing.
 pub struct Spool {
     file: tokio::fs::File,
     len: u64,
