@@ -127,11 +127,11 @@ impl Service {
             as u64
     }
 
-    async fn status(&self, token: &str, task: &str) -> String {
+    async fn status(&self, token: &str, task: &str) -> Value {
         let r = self.http.get(format!("{}/check_import_status/{task}", self.base)).bearer_auth(token).send().await;
         match r {
-            Ok(r) => r.json::<Value>().await.map(|v| v["status"].as_str().unwrap_or("").to_owned()).unwrap_or_default(),
-            Err(_) => String::new(),
+            Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
         }
     }
 }
@@ -212,8 +212,11 @@ async fn main() {
         for (token, task) in &accepted {
             loop {
                 let status = service.status(token, task).await;
-                if status == "completed" || status == "failed" {
-                    outcomes.push(status);
+                if status["status"] == "failed" {
+                    println!("import failed: {}", status["error"]);
+                }
+                if status["status"] == "completed" || status["status"] == "failed" {
+                    outcomes.push(status["status"].as_str().unwrap_or_default().to_owned());
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
