@@ -12,13 +12,24 @@
 //! entry claimed by two instances, a sweep that races a delivery): the claim
 //! makes that harmless. A job whose holder died is found by
 //! [`Database::orphaned_jobs`] once its lease has run out.
+//!
+//! The bytes of an upload are stored in parts of at most
+//! [`UPLOAD_PART_BYTES`] (`staged_upload_parts`, ordered by `seq`), never as
+//! one value: staging copies the spooled file part by part and the worker
+//! reads it back part by part, so that an upload of any size costs the
+//! service about one part of memory at a time.
 
 use sqlx::FromRow;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::Database;
 use crate::ids::{TaskId, UserId};
 
-/// An upload waiting for (or being processed by) its import job.
+/// The largest part of a staged upload, in bytes.
+pub const UPLOAD_PART_BYTES: usize = 1024 * 1024;
+
+/// An upload waiting for (or being processed by) its import job; its bytes
+/// are read with [`Database::staged_upload_part`].
 #[derive(Debug, Clone, FromRow)]
 pub struct StagedUpload {
     pub task_id: String,
@@ -26,7 +37,7 @@ pub struct StagedUpload {
     pub filename: String,
     pub title: String,
     pub format: String,
-    pub content: Vec<u8>,
+    pub size_bytes: i64,
     pub created_at: i64,
 }
 
@@ -79,15 +90,21 @@ impl Database {
     /// Stages an upload as a job of `queue`, held by `holder` until
     /// `lease_until` when given (local jobs are held by the instance whose
     /// queue has them; stream jobs by nobody until a worker claims them).
-    pub async fn stage_upload(
+    ///
+    /// Its bytes are read from `content` (exactly `upload.size_bytes` of
+    /// them) and stored in parts, all in one transaction: no worker can see
+    /// the job before its last part is there.
+    pub async fn stage_upload<R: AsyncRead + Unpin + Send>(
         &self,
         upload: &StagedUpload,
+        content: &mut R,
         queue: JobQueue,
         holder: Option<(&str, i64)>,
     ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO staged_uploads \
-             (task_id, user_id, filename, title, format, content, created_at, queue, claimed_by, lease_until) \
+             (task_id, user_id, filename, title, format, size_bytes, created_at, queue, claimed_by, lease_until) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&upload.task_id)
@@ -95,14 +112,52 @@ impl Database {
         .bind(&upload.filename)
         .bind(&upload.title)
         .bind(&upload.format)
-        .bind(&upload.content)
+        .bind(upload.size_bytes)
         .bind(upload.created_at)
         .bind(queue.as_str())
         .bind(holder.map(|(h, _)| h.to_owned()))
         .bind(holder.map_or(0, |(_, until)| until))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        let mut stored: i64 = 0;
+        for seq in 0i64.. {
+            let part = read_part(content).await.map_err(sqlx::Error::Io)?;
+            if part.is_empty() {
+                break;
+            }
+            stored += part.len() as i64;
+            sqlx::query("INSERT INTO staged_upload_parts (user_id, task_id, seq, data) VALUES ($1, $2, $3, $4)")
+                .bind(&upload.user_id)
+                .bind(&upload.task_id)
+                .bind(seq)
+                .bind(part)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // A spool that does not hold what was received must not become a
+        // job: its import would parse a different file.
+        if stored != upload.size_bytes {
+            return Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the upload has {stored} bytes, {} were received", upload.size_bytes),
+            )));
+        }
+        tx.commit().await
+    }
+
+    /// Part `seq` (from 0) of a staged upload, or `None` past its last part.
+    pub async fn staged_upload_part(
+        &self,
+        user: &UserId,
+        task: &TaskId,
+        seq: i64,
+    ) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        sqlx::query_scalar("SELECT data FROM staged_upload_parts WHERE user_id = $1 AND task_id = $2 AND seq = $3")
+            .bind(user.as_str())
+            .bind(task.as_str())
+            .bind(seq)
+            .fetch_optional(self.pool())
+            .await
     }
 
     /// Moves a job to another queue (a stream job whose enqueue failed goes
@@ -130,7 +185,7 @@ impl Database {
 
     pub async fn staged_upload(&self, user: &UserId, task: &TaskId) -> Result<Option<StagedUpload>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT task_id, user_id, filename, title, format, content, created_at FROM staged_uploads \
+            "SELECT task_id, user_id, filename, title, format, size_bytes, created_at FROM staged_uploads \
              WHERE user_id = $1 AND task_id = $2",
         )
         .bind(user.as_str())
@@ -272,13 +327,171 @@ impl Database {
         .await
     }
 
-    /// Ends a job for good: its upload is no longer needed.
+    /// Ends a job for good: its upload is no longer needed. Its parts go
+    /// first and explicitly (the foreign key would cascade too, but only
+    /// where SQLite's `foreign_keys` pragma is on).
     pub async fn drop_staged_upload(&self, user: &UserId, task: &TaskId) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM staged_upload_parts WHERE user_id = $1 AND task_id = $2")
+            .bind(user.as_str())
+            .bind(task.as_str())
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM staged_uploads WHERE user_id = $1 AND task_id = $2")
             .bind(user.as_str())
             .bind(task.as_str())
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await
+    }
+}
+
+/// Reads the next part of `content`: up to [`UPLOAD_PART_BYTES`], fewer only
+/// at its end, nothing past it.
+async fn read_part<R: AsyncRead + Unpin>(content: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut part = vec![0u8; UPLOAD_PART_BYTES];
+    let mut filled = 0;
+    while filled < part.len() {
+        match content.read(&mut part[filled..]).await? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    part.truncate(filled);
+    Ok(part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
+
+    /// A database migrated up to `version`: SQLite in `dir`, or a fresh
+    /// PostgreSQL database when `REPORTD_TEST_POSTGRES` names a server.
+    async fn database_at(dir: &std::path::Path, version: i64) -> (sqlx::AnyPool, &'static sqlx::migrate::Migrator) {
+        sqlx::any::install_default_drivers();
+        let (url, migrator) = match std::env::var("REPORTD_TEST_POSTGRES") {
+            Ok(admin) => {
+                let name = format!("jobs_{}", uuid::Uuid::new_v4().simple());
+                let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
+                pool.close().await;
+                let (base, _) = admin.rsplit_once('/').unwrap();
+                (format!("{base}/{name}"), &POSTGRES_MIGRATIONS)
+            }
+            Err(_) => (format!("sqlite://{}/t.db?mode=rwc", dir.display()), &SQLITE_MIGRATIONS),
+        };
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        migrator.run_to(version, &pool).await.unwrap();
+        (pool, migrator)
+    }
+
+    async fn add_user(pool: &sqlx::AnyPool, id: &str) {
+        sqlx::query(
+            "INSERT INTO users (id, username, username_key, password_hash, is_admin, created_at) \
+             VALUES ($1, $1, $1, 'x', 0, 0)",
+        )
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    /// Bytes that differ from part to part, so that a part read in the
+    /// wrong place does not compare equal.
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ (i / UPLOAD_PART_BYTES) as u8).collect()
+    }
+
+    async fn read_back(db: &Database, user: &UserId, task: &TaskId) -> (Vec<usize>, Vec<u8>) {
+        let (mut sizes, mut all) = (Vec::new(), Vec::new());
+        for seq in 0.. {
+            let Some(part) = db.staged_upload_part(user, task, seq).await.unwrap() else { break };
+            sizes.push(part.len());
+            all.extend_from_slice(&part);
+        }
+        (sizes, all)
+    }
+
+    /// Staging stores an upload in parts of at most 1 MiB, in order, that
+    /// read back to the same bytes; a reader that ends early stages nothing;
+    /// dropping the upload drops its parts.
+    #[tokio::test]
+    async fn uploads_are_staged_in_parts() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (pool, migrator) = database_at(dir.path(), 0).await;
+        migrator.run(&pool).await.unwrap();
+        let db = Database { pool };
+        let user = UserId::generate();
+        add_user(db.pool(), user.as_str()).await;
+        let len = 2 * UPLOAD_PART_BYTES + 12_345;
+        let bytes = content(len);
+        let (task, empty) = (TaskId::generate(), TaskId::generate());
+        let upload = |task: &TaskId, size: usize| StagedUpload {
+            task_id: task.to_string(),
+            user_id: user.to_string(),
+            filename: "f.txt".into(),
+            title: String::new(),
+            format: "txt".into(),
+            size_bytes: size as i64,
+            created_at: 1,
+        };
+        db.stage_upload(&upload(&task, len), &mut bytes.as_slice(), JobQueue::Local, Some(("me", 10))).await.unwrap();
+        db.stage_upload(&upload(&empty, 0), &mut &b""[..], JobQueue::Redis, None).await.unwrap();
+
+        let staged = db.staged_upload(&user, &task).await.unwrap().unwrap();
+        assert_eq!(staged.size_bytes, len as i64);
+        let (sizes, back) = read_back(&db, &user, &task).await;
+        assert_eq!(sizes, [UPLOAD_PART_BYTES, UPLOAD_PART_BYTES, 12_345]);
+        assert!(back == bytes, "the parts read back to the upload");
+        assert_eq!(read_back(&db, &user, &empty).await.0, Vec::<usize>::new());
+
+        // Fewer bytes than announced: nothing of it is kept.
+        let short = TaskId::generate();
+        let err =
+            db.stage_upload(&upload(&short, len + 1), &mut bytes.as_slice(), JobQueue::Local, None).await.unwrap_err();
+        assert!(matches!(err, sqlx::Error::Io(_)), "{err}");
+        assert!(db.staged_upload(&user, &short).await.unwrap().is_none());
+        assert!(db.staged_upload_part(&user, &short, 0).await.unwrap().is_none());
+
+        db.drop_staged_upload(&user, &task).await.unwrap();
+        assert!(db.staged_upload(&user, &task).await.unwrap().is_none());
+        let parts: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM staged_upload_parts").fetch_one(db.pool()).await.unwrap();
+        assert_eq!(parts, 0);
+    }
+
+    /// Uploads staged as one BLOB before migration 0005 are cut into parts
+    /// by it and read back whole; an empty one has no part.
+    #[tokio::test]
+    async fn uploads_staged_before_the_parts_migration_survive_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (pool, migrator) = database_at(dir.path(), 4).await;
+        let user = UserId::generate();
+        add_user(&pool, user.as_str()).await;
+        let sizes = [0, 10, UPLOAD_PART_BYTES, 3 * UPLOAD_PART_BYTES + 1];
+        let tasks: Vec<TaskId> = sizes.iter().map(|_| TaskId::generate()).collect();
+        for (task, size) in tasks.iter().zip(sizes) {
+            sqlx::query(
+                "INSERT INTO staged_uploads (task_id, user_id, filename, title, format, content, created_at) \
+                 VALUES ($1, $2, 'f.txt', '', 'txt', $3, 1)",
+            )
+            .bind(task.as_str())
+            .bind(user.as_str())
+            .bind(content(size))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        migrator.run(&pool).await.unwrap();
+        let db = Database { pool };
+        for (task, size) in tasks.iter().zip(sizes) {
+            let staged = db.staged_upload(&user, task).await.unwrap().unwrap();
+            assert_eq!(staged.size_bytes, size as i64);
+            let (parts, back) = read_back(&db, &user, task).await;
+            assert!(parts.iter().all(|p| *p <= UPLOAD_PART_BYTES && *p > 0), "{parts:?}");
+            assert_eq!(parts.len(), size.div_ceil(UPLOAD_PART_BYTES));
+            assert!(back == content(size), "{size} bytes read back");
+        }
     }
 }

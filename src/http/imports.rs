@@ -1,5 +1,10 @@
 //! Upload (`POST /Import_Doc/`, `POST /imports`) and status polling
 //! (`GET /check_import_status/{task_id}`, `GET /imports/{task_id}`).
+//!
+//! An upload's file is streamed to a temporary file under
+//! `{DATA_DIR}/uploads-tmp/` as it arrives ([`crate::import::Spool`]) and
+//! `MAX_UPLOAD_MB` is enforced while it streams, so that an upload costs
+//! this process a bounded amount of memory whatever its size.
 
 use std::sync::Arc;
 
@@ -14,10 +19,13 @@ use super::extract::{CurrentUser, IdPath, PollingUser};
 use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::TaskId;
-use crate::import::SubmitError;
+use crate::import::{Spool, SubmitError};
 use crate::keys::LimitSubject;
 use crate::stores::limits::RateLimit;
 use crate::stores::tasks::{TaskRecord, TaskStatus};
+
+/// Where uploads are spooled while they arrive, under `DATA_DIR`.
+pub const SPOOL_DIR: &str = "uploads-tmp";
 
 pub fn router(max_upload_bytes: usize) -> Router<Arc<App>> {
     // Room for the multipart envelope and a title around the file itself.
@@ -107,7 +115,7 @@ async fn upload(
     })?;
     let max = app.config.max_upload_bytes();
     let mut multipart = multipart.map_err(|r| ApiError::new(r.status(), "invalid_multipart", r.body_text()))?;
-    let mut file: Option<(String, Vec<u8>)> = None;
+    let mut file: Option<(String, Spool)> = None;
     let mut title: Option<String> = None;
     while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, max))? {
         match field.name() {
@@ -116,14 +124,18 @@ async fn upload(
             }
             Some("file") => {
                 let name = clean_filename(field.file_name().unwrap_or("upload"));
-                let mut bytes = Vec::new();
+                let mut spool =
+                    Spool::create(&app.config.data_dir.join(SPOOL_DIR)).await.map_err(ApiError::internal)?;
                 while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
-                    if bytes.len() + chunk.len() > max {
+                    // Refused as soon as the limit is passed: the rest of
+                    // the body is not read, and the spool goes away with
+                    // this function's locals.
+                    if spool.len().saturating_add(chunk.len() as u64) > max as u64 {
                         return Err(too_large(max));
                     }
-                    bytes.extend_from_slice(&chunk);
+                    spool.write(&chunk).await.map_err(ApiError::internal)?;
                 }
-                file = Some((name, bytes));
+                file = Some((name, spool));
             }
             Some("title") if title.is_some() => {
                 return Err(ApiError::unprocessable("duplicate_field", "the form must have at most one 'title' field"));
@@ -136,11 +148,11 @@ async fn upload(
             _ => while field.chunk().await.map_err(|e| multipart_error(e, max))?.is_some() {},
         }
     }
-    let (filename, bytes) =
+    let (filename, spool) =
         file.ok_or_else(|| ApiError::unprocessable("missing_file", "the form needs a 'file' field"))?;
     // An empty file is accepted: its task fails with a readable error, as
     // for any other supported file that cannot be read.
-    let record = app.imports.submit(&user, &filename, title.as_deref(), bytes).await.map_err(|e| match e {
+    let record = app.imports.submit(&user, &filename, title.as_deref(), spool).await.map_err(|e| match e {
         SubmitError::Unsupported(u) => {
             ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", u.to_string())
         }
@@ -150,6 +162,7 @@ async fn upload(
         }
         SubmitError::State(s) => s.into(),
         SubmitError::Database(d) => d.into(),
+        SubmitError::Spool(e) => ApiError::internal(e),
     })?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { task_id: record.task_id, status: record.status })))
 }

@@ -5,9 +5,10 @@
 //! by design and once took 15 minutes on one PDF). A thread cannot be
 //! stopped, so the service never parses on its own threads: the binary
 //! re-executes itself as `reportd parse-worker` ([`WORKER_ARG`]), hands it the
-//! file on standard input and reads newline-delimited JSON messages
-//! ([`Message`]) from its standard output: progress while it parses, then
-//! the result. The child runs under
+//! file on standard input (streamed from the staged upload's parts, so that
+//! the service never holds the whole file) and reads newline-delimited JSON
+//! messages ([`Message`]) from its standard output: progress while it
+//! parses, then the result. The child runs under
 //!
 //! - a memory limit (`RLIMIT_DATA`, `IMPORT_PARSE_MEMORY_MB`): an allocation
 //!   past it fails and the child aborts;
@@ -25,7 +26,7 @@ use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{FramedRead, LinesCodec};
@@ -81,6 +82,8 @@ pub enum WorkerError {
     Crashed,
     #[error("the document could not be parsed: the parser could not be run")]
     Spawn,
+    #[error("the upload could not be read back")]
+    Input,
 }
 
 impl WorkerError {
@@ -92,25 +95,33 @@ impl WorkerError {
             Self::Memory(_) => "memory",
             Self::Crashed => "crashed",
             Self::Spawn => "spawn",
+            Self::Input => "input",
         }
     }
 }
 
 /// Runs one parse in a fresh child process and returns what it produced.
+/// The file is `len` bytes, read from `input` part by part as the child
+/// takes them in, so that the whole file only exists in the child.
 /// `on_event` hears progress as it arrives.
-pub async fn parse_isolated(
+pub async fn parse_isolated<S, E>(
     config: &ParserConfig,
     format: Format,
-    bytes: Vec<u8>,
+    len: u64,
+    input: S,
     on_event: &mut (dyn FnMut(WorkerEvent) + Send),
-) -> Result<Prepared, WorkerError> {
+) -> Result<Prepared, WorkerError>
+where
+    S: Stream<Item = Result<Vec<u8>, E>> + Send,
+    E: std::fmt::Display,
+{
     let mut command = tokio::process::Command::new(&config.exe);
     command
         .arg(WORKER_ARG)
         .arg(format.as_str())
         .arg(config.chunk.size.to_string())
         .arg(config.chunk.overlap.to_string())
-        .arg(bytes.len().to_string())
+        .arg(len.to_string())
         // The worker needs nothing from the service's environment (secrets
         // included).
         .env_clear()
@@ -134,10 +145,34 @@ pub async fn parse_isolated(
 
     // Feeding the input, reading the messages and collecting the worker's
     // complaints happen at once, so that no pipe fills up and blocks it.
+    // Input that cannot be read whole must not be parsed as if it were the
+    // file: the feed says so on `unreadable`, and the child is stopped.
+    let (unreadable, input_failed) = tokio::sync::oneshot::channel::<()>();
     let feed = async move {
-        // A worker that dies early closes its end: that is reported by its
-        // exit status, not here.
-        let _ = stdin.write_all(&bytes).await;
+        let mut input = std::pin::pin!(input);
+        let mut fed = 0u64;
+        while let Some(part) = input.next().await {
+            match part {
+                Ok(part) => {
+                    fed += part.len() as u64;
+                    // A worker that dies early closes its end: that is
+                    // reported by its exit status, not here.
+                    if stdin.write_all(&part).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a staged upload");
+                    let _ = unreadable.send(());
+                    return;
+                }
+            }
+        }
+        if fed != len {
+            tracing::error!(fed, len, "a staged upload is not complete");
+            let _ = unreadable.send(());
+            return;
+        }
         let _ = stdin.shutdown().await;
     };
     let complaints = async move {
@@ -173,14 +208,20 @@ pub async fn parse_isolated(
         }
         outcome
     };
-    let run = async { tokio::join!(feed, read, complaints, child.wait()) };
-    let (_, outcome, complaints, status) = match tokio::time::timeout(config.timeout, run).await {
+    let run = tokio::time::timeout(config.timeout, async { tokio::join!(feed, read, complaints, child.wait()) });
+    let ended = tokio::select! {
+        ended = run => ended.map_err(|_| WorkerError::Timeout(config.timeout.as_secs())),
+        // A feed that ends well drops its sender: this branch is then
+        // disabled and the run goes on.
+        Ok(()) = input_failed => Err(WorkerError::Input),
+    };
+    let (_, outcome, complaints, status) = match ended {
         Ok(done) => done,
-        Err(_) => {
+        Err(e) => {
             // kill_on_drop would do it too; doing it here also reaps it.
             let _ = child.kill().await;
-            metrics::counter!("reportd_parse_workers_killed_total", "reason" => "timeout").increment(1);
-            return Err(WorkerError::Timeout(config.timeout.as_secs()));
+            metrics::counter!("reportd_parse_workers_killed_total", "reason" => e.label()).increment(1);
+            return Err(e);
         }
     };
     match outcome {
@@ -246,7 +287,14 @@ pub fn worker_main(args: &[String]) -> ExitCode {
         eprintln!("usage: reportd {WORKER_ARG} FORMAT CHUNK_SIZE CHUNK_OVERLAP MAX_BYTES < file");
         return ExitCode::from(2);
     };
+    // The parent says how long the file is: room for all of it at once
+    // saves growing the buffer by doubling (which would need up to twice the
+    // file's size for a moment).
     let mut bytes = Vec::new();
+    if bytes.try_reserve_exact(usize::try_from(max_bytes).unwrap_or(usize::MAX)).is_err() {
+        eprintln!("memory allocation of {max_bytes} bytes for the input failed");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = std::io::stdin().lock().take(max_bytes).read_to_end(&mut bytes) {
         eprintln!("cannot read the input: {e}");
         return ExitCode::FAILURE;

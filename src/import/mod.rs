@@ -20,6 +20,10 @@
 //! - Storing is idempotent by task: the document id is derived from the
 //!   task id and a re-run replaces what an earlier attempt stored.
 //! - The staged upload is deleted once the task's final status is written.
+//! - An upload is never whole in the service's memory: the HTTP handler
+//!   spools it to an unnamed temporary file as it arrives ([`Spool`]),
+//!   staging copies that file into SQL in parts, and the worker streams the
+//!   parts to the parse worker's standard input.
 
 pub mod chunk;
 #[cfg(test)]
@@ -32,9 +36,12 @@ pub mod parse;
 pub mod pdf;
 pub mod text;
 
+use std::io::SeekFrom;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -72,6 +79,72 @@ pub enum SubmitError {
     State(#[from] StateError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    #[error("the spooled upload could not be read: {0}")]
+    Spool(#[from] std::io::Error),
+}
+
+/// The bytes an upload's content type is judged by ([`parse::sniff`] looks
+/// at the first 16 KiB at most).
+const SNIFF_BYTES: usize = 64 * 1024;
+
+/// An upload as it arrives: spooled to a temporary file, with its first
+/// bytes kept in memory to judge its type.
+///
+/// The file has no name (`O_TMPFILE` on Linux, else it is unlinked as soon
+/// as it is created): it goes away when this is dropped, on every path (an
+/// error, a 413, a client that went away mid-body), and even when the
+/// process is killed, nothing is left in the directory. It is created
+/// `0600`, in a directory created `0700` when missing.
+pub struct Spool {
+    file: tokio::fs::File,
+    len: u64,
+    head: Vec<u8>,
+}
+
+impl Spool {
+    /// A new, empty spool in `dir` (created if missing).
+    pub async fn create(dir: &Path) -> std::io::Result<Self> {
+        let dir = dir.to_owned();
+        let file = tokio::task::spawn_blocking(move || {
+            crate::db::create_private_dir(&dir).map_err(std::io::Error::other)?;
+            tempfile::tempfile_in(&dir)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(Self { file: tokio::fs::File::from_std(file), len: 0, head: Vec::new() })
+    }
+
+    /// Appends `bytes` to the file.
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let keep = SNIFF_BYTES.saturating_sub(self.head.len()).min(bytes.len());
+        self.head.extend_from_slice(&bytes[..keep]);
+        self.file.write_all(bytes).await?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// How many bytes were written.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first bytes of the file (all of it when it is short).
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// The whole file, from its start, to be read.
+    async fn rewind(&mut self) -> std::io::Result<&mut tokio::fs::File> {
+        // Writes through a tokio file complete in the background: flush
+        // waits for the last one before the position is moved.
+        self.file.flush().await?;
+        self.file.seek(SeekFrom::Start(0)).await?;
+        Ok(&mut self.file)
+    }
 }
 
 pub struct ImportService {
@@ -252,16 +325,17 @@ impl ImportService {
         finished
     }
 
-    /// Accepts an upload: checks its type, stages it, records the task as
-    /// `pending` and queues it.
+    /// Accepts an upload: checks its type, stages it (copying the spooled
+    /// file into SQL part by part), records the task as `pending` and
+    /// queues it.
     pub async fn submit(
         &self,
         user: &UserId,
         filename: &str,
         title: Option<&str>,
-        bytes: Vec<u8>,
+        mut spool: Spool,
     ) -> Result<TaskRecord, SubmitError> {
-        let format = parse::sniff(filename, &bytes)?;
+        let format = parse::sniff(filename, spool.head())?;
         let stream = self.queue.stream().cloned();
         if stream.is_none() && !self.queue.local_has_room() {
             return Err(SubmitError::QueueFull);
@@ -273,14 +347,16 @@ impl ImportService {
             filename: filename.to_owned(),
             title: title.map(str::trim).unwrap_or_default().chars().take(200).collect(),
             format: format.as_str().to_owned(),
-            content: bytes,
+            size_bytes: i64::try_from(spool.len()).unwrap_or(i64::MAX),
             created_at: now_ms(),
         };
         let (queue, holder) = match stream {
             Some(_) => (JobQueue::Redis, None),
             None => (JobQueue::Local, Some((self.instance.as_str(), self.lease_until()))),
         };
-        self.db.stage_upload(&upload, queue, holder).await?;
+        self.db.stage_upload(&upload, spool.rewind().await?, queue, holder).await?;
+        // The spool is not needed past this point: its file goes away now.
+        drop(spool);
         let record = match self.tasks.create(user, &task, filename).await {
             Ok(r) => r,
             Err(e) => {
@@ -468,11 +544,19 @@ impl ImportService {
             let _ = self.tasks.create_at(&job.user, &job.task, &upload.filename, upload.created_at).await;
         }
         self.step(job, 5, "parsing", format!("parsing the {} file", format.as_str())).await;
-        let size_bytes = upload.content.len() as i64;
+        let size_bytes = upload.size_bytes;
+        // The parts are read one at a time, as the parse worker takes them:
+        // one part of the file is in this process at once.
+        let (db, user, task) = (self.db.clone(), job.user.clone(), job.task.clone());
+        let parts = futures::stream::try_unfold(0i64, move |seq| {
+            let (db, user, task) = (db.clone(), user.clone(), task.clone());
+            async move { Ok::<_, sqlx::Error>(db.staged_upload_part(&user, &task, seq).await?.map(|p| (p, seq + 1))) }
+        });
+        let len = u64::try_from(size_bytes).unwrap_or(0);
         let (tx, rx) = watch::channel(None);
         let work = async {
             let tx = tx;
-            let prepared = isolate::parse_isolated(&self.settings.parser, format, upload.content, &mut |e| {
+            let prepared = isolate::parse_isolated(&self.settings.parser, format, len, parts, &mut |e| {
                 tx.send_replace(Some(match e {
                     WorkerEvent::Parsing(f) => Stage::Parsing(f),
                     WorkerEvent::Chunking => Stage::Chunking,

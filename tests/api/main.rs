@@ -18,3 +18,4 @@ mod llm;
 mod props;
 mod search;
 mod state;
+mod uploads;
