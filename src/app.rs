@@ -97,6 +97,23 @@ impl App {
         let health = redis_settings.map_or(Duration::from_millis(500), |s| s.health_interval);
         state.spawn_background(health, Duration::from_millis(config.flags_refresh_ms.max(100)), background.clone());
 
+        let limits = Limits::new(
+            state.clone(),
+            LimitSettings {
+                rates_enabled: config.rate_limits_enabled,
+                polls: Rate { per_second: config.limit_polls_per_sec, burst: config.limit_polls_burst },
+                requests: Rate { per_second: config.limit_requests_per_sec, burst: config.limit_requests_burst },
+                logins: Rate {
+                    per_second: config.limit_logins_per_min / 60.0,
+                    // A minute's worth at once, then the rate.
+                    burst: (config.limit_logins_per_min.ceil() as u32).max(1),
+                },
+                sse_per_user: config.limit_sse_per_user,
+                imports_per_user: config.limit_imports_per_user,
+                lease_ttl: Duration::from_secs(config.limit_lease_seconds),
+            },
+            background.clone(),
+        );
         let tasks = TaskStatusStore::new(state.clone(), Duration::from_secs(config.task_status_ttl_seconds));
         let cache = ReadCache::new(state.clone(), Duration::from_secs(config.cache_ttl_seconds));
         cache.spawn_background(background.clone());
@@ -131,6 +148,7 @@ impl App {
                 max_attempts: i64::from(config.import_max_attempts),
                 stage_delay: Duration::from_millis(config.import_stage_delay_ms),
                 cache: cache.clone(),
+                limits: limits.clone(),
             },
             background.clone(),
         );
@@ -142,23 +160,6 @@ impl App {
             redis_configured = state.redis().is_some(),
             features = ?state.all_feature_status(),
             "reportd ready"
-        );
-        let limits = Limits::new(
-            state.clone(),
-            LimitSettings {
-                rates_enabled: config.rate_limits_enabled,
-                polls: Rate { per_second: config.limit_polls_per_sec, burst: config.limit_polls_burst },
-                requests: Rate { per_second: config.limit_requests_per_sec, burst: config.limit_requests_burst },
-                logins: Rate {
-                    per_second: config.limit_logins_per_min / 60.0,
-                    // A minute's worth at once, then the rate.
-                    burst: (config.limit_logins_per_min.ceil() as u32).max(1),
-                },
-                sse_per_user: config.limit_sse_per_user,
-                imports_per_user: config.limit_imports_per_user,
-                lease_ttl: Duration::from_secs(config.limit_lease_seconds),
-            },
-            background.clone(),
         );
         let stopping = CancellationToken::new();
         let config_uploads = config.max_uploads_in_flight;

@@ -113,6 +113,9 @@ async fn upload(
         ApiError::unavailable("too_many_uploads", "too many uploads are arriving at once, retry shortly")
             .with_retry_after(2)
     })?;
+    // The user's import slot, also before the body: over
+    // `LIMIT_IMPORTS_PER_USER`, nothing is read.
+    let (task, slot) = app.imports.reserve(&user).await?;
     let max = app.config.max_upload_bytes();
     let mut multipart = multipart.map_err(|r| ApiError::new(r.status(), "invalid_multipart", r.body_text()))?;
     let mut file: Option<(String, Spool)> = None;
@@ -152,18 +155,19 @@ async fn upload(
         file.ok_or_else(|| ApiError::unprocessable("missing_file", "the form needs a 'file' field"))?;
     // An empty file is accepted: its task fails with a readable error, as
     // for any other supported file that cannot be read.
-    let record = app.imports.submit(&user, &filename, title.as_deref(), spool).await.map_err(|e| match e {
-        SubmitError::Unsupported(u) => {
-            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", u.to_string())
-        }
-        SubmitError::QueueFull => {
-            ApiError::unavailable("import_queue_full", "too many imports are waiting, retry shortly")
-                .with_retry_after(5)
-        }
-        SubmitError::State(s) => s.into(),
-        SubmitError::Database(d) => d.into(),
-        SubmitError::Spool(e) => ApiError::internal(e),
-    })?;
+    let record =
+        app.imports.submit(&user, task, slot, &filename, title.as_deref(), spool).await.map_err(|e| match e {
+            SubmitError::Unsupported(u) => {
+                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", u.to_string())
+            }
+            SubmitError::QueueFull => {
+                ApiError::unavailable("import_queue_full", "too many imports are waiting, retry shortly")
+                    .with_retry_after(5)
+            }
+            SubmitError::State(s) => s.into(),
+            SubmitError::Database(d) => d.into(),
+            SubmitError::Spool(e) => ApiError::internal(e),
+        })?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { task_id: record.task_id, status: record.status })))
 }
 

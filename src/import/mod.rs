@@ -50,6 +50,7 @@ use crate::db::{Claim, Database, Document, JobQueue, NewChunk, StagedUpload};
 use crate::ids::{TaskId, UserId};
 use crate::state::{StateError, spawn_periodic};
 use crate::stores::import_queue::{Consumer, ImportQueue, QueuedJob};
+use crate::stores::limits::{Concurrency, Lease, Limited, Limits};
 use crate::stores::tasks::{TaskPatch, TaskRecord, TaskStatus, TaskStatusStore, Transition, now_ms};
 use chunk::ChunkSettings;
 use isolate::{ParserConfig, WorkerEvent};
@@ -66,6 +67,9 @@ pub struct ImportSettings {
     pub stage_delay: Duration,
     /// Told when a document is stored, before its task completes.
     pub cache: crate::stores::cache::ReadCache,
+    /// Each job holds one of its user's `LIMIT_IMPORTS_PER_USER` slots
+    /// from its upload to its end (on whichever instance runs it).
+    pub limits: Arc<Limits>,
 }
 
 /// Why an upload was not accepted.
@@ -328,19 +332,47 @@ impl ImportService {
     /// Accepts an upload: checks its type, stages it (copying the spooled
     /// file into SQL part by part), records the task as `pending` and
     /// queues it.
+    /// Accepts an upload as the import task `task`, whose user's import
+    /// slot `slot` holds (taken before the body was read; see
+    /// [`Self::reserve`]). The slot is freed if the upload is refused, and
+    /// kept by the job otherwise, until it ends.
     pub async fn submit(
         &self,
         user: &UserId,
+        task: TaskId,
+        slot: Lease,
+        filename: &str,
+        title: Option<&str>,
+        spool: Spool,
+    ) -> Result<TaskRecord, SubmitError> {
+        let record = self.stage(user, &task, filename, title, spool).await?;
+        slot.detach();
+        Ok(record)
+    }
+
+    /// One of `user`'s import slots for a new task, or 429 when they have
+    /// `LIMIT_IMPORTS_PER_USER` imports waiting or running: one user's many
+    /// uploads cannot fill the queue ahead of everyone else's.
+    pub async fn reserve(&self, user: &UserId) -> Result<(TaskId, Lease), Limited> {
+        let task = TaskId::generate();
+        let slot = self.settings.limits.acquire(Concurrency::Imports, user, task.as_str()).await?;
+        Ok((task, slot))
+    }
+
+    async fn stage(
+        &self,
+        user: &UserId,
+        task: &TaskId,
         filename: &str,
         title: Option<&str>,
         mut spool: Spool,
     ) -> Result<TaskRecord, SubmitError> {
+        let task = task.clone();
         let format = parse::sniff(filename, spool.head())?;
         let stream = self.queue.stream().cloned();
         if stream.is_none() && !self.queue.local_has_room() {
             return Err(SubmitError::QueueFull);
         }
-        let task = TaskId::generate();
         let upload = StagedUpload {
             task_id: task.to_string(),
             user_id: user.to_string(),
@@ -411,6 +443,7 @@ impl ImportService {
                     return;
                 }
                 self.queue.done(&job).await;
+                self.settings.limits.release(Concurrency::Imports, &job.user, job.task.as_str()).await;
                 return;
             }
             // Another worker runs it; its own delivery will be acknowledged.
@@ -421,6 +454,9 @@ impl ImportService {
             }
         };
         metrics::counter!("reportd_import_attempts_total").increment(1);
+        // The job's slot, renewed while it runs here (its submitter may be
+        // gone); freed in `finish`.
+        let _slot = self.settings.limits.adopt(Concurrency::Imports, &job.user, job.task.as_str()).await;
         if attempts > self.settings.max_attempts {
             tracing::warn!(task = %job.task, attempts, "import abandoned: its worker was lost too often");
             let error =
@@ -486,6 +522,7 @@ impl ImportService {
             tracing::warn!(task = %job.task, error = %e, "staged upload not removed");
         }
         self.queue.done(job).await;
+        self.settings.limits.release(Concurrency::Imports, &job.user, job.task.as_str()).await;
     }
 
     /// Records a stage change; a failure to record it does not stop the import.

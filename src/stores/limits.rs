@@ -156,6 +156,12 @@ fn count(limit: &'static str, outcome: &'static str) {
     metrics::counter!("reportd_limit_decisions_total", "limit" => limit, "outcome" => outcome).increment(1);
 }
 
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
 impl Limits {
     /// Renewals stop when `stop` fires (the service's background work).
     pub fn new(state: Arc<StateLayer>, settings: LimitSettings, stop: CancellationToken) -> Arc<Self> {

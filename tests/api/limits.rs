@@ -354,3 +354,65 @@ async fn open_streams_are_limited_and_released_when_the_client_goes() {
     .await;
     drop(second);
 }
+
+/// The fairness finding: one user's many rapid uploads filled the import
+/// queue and another user's tiny file waited behind all of them. Now each
+/// user has `LIMIT_IMPORTS_PER_USER` imports waiting or running; the rest
+/// are refused at once (429, before their body is read), the slots come
+/// back when imports end (failed ones too), and another user's import
+/// goes through while the first user is still uploading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_slots_per_user_keep_the_queue_fair() {
+    let t = TestApp::spawn(|s| {
+        s.set("LIMIT_IMPORTS_PER_USER", "2").set("IMPORT_WORKERS", "2").set("IMPORT_STAGE_DELAY_MS", "150")
+    })
+    .await;
+    let c = &t.client;
+    let greedy = c.user("greedy").await;
+    let modest = c.user("modest").await;
+
+    let burst = (0..20).map(|i| {
+        let (c, token) = (c.clone(), greedy.clone());
+        tokio::spawn(async move { c.upload(&token, "/Import_Doc/", &format!("g{i}.txt"), sample_text()).await })
+    });
+    let responses: Vec<reqwest::Response> = join_all(burst).await.into_iter().map(Result::unwrap).collect();
+    let (accepted, refused): (Vec<_>, Vec<_>) = responses.into_iter().partition(|r| r.status() == 202);
+    assert_eq!(accepted.len(), 2, "two waiting or running at once");
+    for r in refused.into_iter().take(2) {
+        assert_limited(r, "import_limit_reached").await;
+    }
+
+    // The greedy user keeps uploading as fast as they are let in …
+    let keep_uploading = {
+        let (c, token) = (c.clone(), greedy.clone());
+        tokio::spawn(async move {
+            let mut done = 0;
+            while done < 6 {
+                let r = c.upload(&token, "/Import_Doc/", "more.txt", sample_text()).await;
+                match r.status().as_u16() {
+                    202 => done += 1,
+                    429 => tokio::time::sleep(Duration::from_millis(50)).await,
+                    other => panic!("unexpected {other}"),
+                }
+            }
+        })
+    };
+    // … and the modest user's 27-byte file is imported meanwhile.
+    let task = c.import(&modest, "tiny.txt", b"a tiny file of 27 bytes....".to_vec()).await;
+    assert_eq!(c.wait_done(&modest, &task).await["status"], "completed");
+    assert!(!keep_uploading.is_finished(), "the modest import did not wait for the greedy user's queue");
+    keep_uploading.await.unwrap();
+
+    // A failed import frees its slot too.
+    let user = UserId::parse(c.json(&greedy, "/auth/me").await["id"].as_str().unwrap()).unwrap();
+    eventually(Duration::from_secs(30), "the greedy user's imports end", || async {
+        t.app.limits.held(Concurrency::Imports, &user).await == 0
+    })
+    .await;
+    let broken = c.import(&greedy, "broken.pdf", b"%PDF-1.7 not really".to_vec()).await;
+    assert_eq!(c.wait_done(&greedy, &broken).await["status"], "failed");
+    eventually(Duration::from_secs(5), "the failed import's slot is free", || async {
+        t.app.limits.held(Concurrency::Imports, &user).await == 0
+    })
+    .await;
+}
