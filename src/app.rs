@@ -45,8 +45,9 @@ pub struct App {
     pub limits: Arc<Limits>,
     /// Accounts recently confirmed to exist (see [`AccountCheck`]).
     pub accounts: AccountCheck,
-    /// Uploads being received now (`MAX_UPLOADS_IN_FLIGHT`): each is held
-    /// in memory until it is staged, so their number bounds that memory.
+    /// Uploads being received now (`MAX_UPLOADS_IN_FLIGHT`): each is
+    /// spooled to a temporary file, then staged; their number bounds that
+    /// disk and staging work.
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// Stops the background work (workers, monitors) of this app.
     pub background: CancellationToken,

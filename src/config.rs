@@ -142,7 +142,7 @@ pub struct Config {
     /// Largest accepted upload.
     #[arg(long, env = "MAX_UPLOAD_MB", default_value_t = 50)]
     pub max_upload_mb: u64,
-    /// Uploads this instance receives at once (each is held in memory until staged); more answer 503.
+    /// Uploads this instance receives at once (each is written to a temporary file as it arrives); more answer 503.
     #[arg(long, env = "MAX_UPLOADS_IN_FLIGHT", default_value_t = 8)]
     pub max_uploads_in_flight: usize,
     /// Imports processed at once by this instance.

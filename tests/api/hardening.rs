@@ -276,7 +276,7 @@ async fn half_sent_requests_are_cut_and_connections_are_capped() {
 }
 
 /// Uploads in flight are bounded per instance (each is held in memory
-/// until staged): past MAX_UPLOADS_IN_FLIGHT, 503 with Retry-After; the
+/// and staged): past MAX_UPLOADS_IN_FLIGHT, 503 with Retry-After; the
 /// slot comes back when the upload ends.
 #[tokio::test]
 async fn uploads_in_flight_are_bounded() {
