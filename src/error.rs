@@ -104,6 +104,17 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // A full disk (SQLite `SQLITE_FULL`, PostgreSQL class 53 "insufficient
+        // resources") is the service's condition, not a bug: the request
+        // may succeed later, and the operator must hear of it.
+        if let sqlx::Error::Database(d) = &e {
+            let code = d.code().unwrap_or_default();
+            if code == "13" || code.starts_with("53") {
+                tracing::error!(error = %e, "the database is out of space or resources");
+                return Self::unavailable("storage_full", "the service is out of storage space, retry later")
+                    .with_retry_after(30);
+            }
+        }
         Self::internal(format!("database: {e}"))
     }
 }
