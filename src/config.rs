@@ -32,6 +32,13 @@ pub enum Command {
     /// Manage accounts.
     #[command(subcommand)]
     User(UserCommand),
+    /// Ask the service on HOST:PORT for `GET /healthz`: exit 0 on 200, 1
+    /// otherwise (a container HEALTHCHECK that needs no curl in the image).
+    Healthcheck {
+        /// Give up after this many milliseconds (connecting and answering).
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

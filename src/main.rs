@@ -37,10 +37,19 @@ async fn run() -> std::process::ExitCode {
         eprintln!("reportd: ignoring .env: {e}");
     }
     let cli = Cli::parse();
-    reportd::telemetry::init_logging(cli.config.log_format);
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // A health check runs every few seconds in a container: it answers with
+    // its exit status alone, without logging or touching any store.
+    if !matches!(command, Command::Healthcheck { .. }) {
+        reportd::telemetry::init_logging(cli.config.log_format);
+    }
+    let result = match command {
         Command::Serve => serve(cli.config).await,
         Command::User(UserCommand::Add { name, admin }) => add_user(cli.config, &name, admin).await,
+        Command::Healthcheck { timeout_ms } => {
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            return healthcheck(&cli.config.host, cli.config.port, timeout).await;
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -80,6 +89,57 @@ async fn add_user(config: Config, name: &str, admin: bool) -> anyhow::Result<()>
     })?;
     println!("created {}user {name} ({id})", if admin { "admin " } else { "" });
     Ok(())
+}
+
+/// `reportd healthcheck`: one `GET /healthz` over a plain TCP connection to
+/// the address the service listens on. A wildcard listen address (`0.0.0.0`,
+/// `::`) is reached through the loopback. Exit 0 on a 200 status line, 1 on
+/// anything else (refused, timed out, another status).
+async fn healthcheck(host: &str, port: u16, timeout: std::time::Duration) -> std::process::ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = match host.trim_start_matches('[').trim_end_matches(']') {
+        "0.0.0.0" | "::" | "" => "127.0.0.1",
+        other => other,
+    };
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
+        // HTTP/1.0 with `Connection: close`: the service closes after the
+        // answer, so reading to the end needs no parsing of the body.
+        let request = format!("GET /healthz HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        // The status line is all that matters; a small bounded read is enough.
+        let mut head = Vec::with_capacity(64);
+        let mut buf = [0u8; 64];
+        while !head.contains(&b'\n') && head.len() < 1024 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        std::io::Result::Ok(head)
+    };
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(head)) => {
+            let line = String::from_utf8_lossy(&head);
+            let line = line.lines().next().unwrap_or_default();
+            // "HTTP/1.1 200 OK": the second word is the status code.
+            if line.starts_with("HTTP/") && line.split_whitespace().nth(1) == Some("200") {
+                std::process::ExitCode::SUCCESS
+            } else {
+                eprintln!("reportd healthcheck: {host}:{port} answered {line:?}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("reportd healthcheck: {host}:{port}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("reportd healthcheck: {host}:{port}: no answer within {timeout:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit: every client
