@@ -8,13 +8,19 @@
 //! Needs `redis-server`, `redis-cli` and `nginx` on the machine (Debian:
 //! `apt-get install redis-server redis-tools nginx`).
 
+#[path = "deploy/dashboard.rs"]
 mod dashboard;
 // The API tests' fake model, shared as it is (it is not copied: it speaks
 // the real OpenAI wire protocol and paces its stream).
 #[path = "api/fakes.rs"]
 mod fakes;
+#[path = "deploy/files.rs"]
 mod files;
+#[path = "deploy/harness.rs"]
 mod harness;
+#[path = "deploy/healthcheck.rs"]
 mod healthcheck;
+#[path = "deploy/nginx.rs"]
 mod nginx;
+#[path = "deploy/redis_server.rs"]
 mod redis_server;

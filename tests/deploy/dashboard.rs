@@ -29,7 +29,8 @@ const EXPORTER: [&str; 4] = ["redis_up", "redis_memory_used_bytes", "redis_conne
 
 /// Every metric name in the dashboard's PromQL expressions.
 pub fn dashboard_metrics() -> BTreeSet<String> {
-    let dashboard: Value = serde_json::from_str(&read_repo_file("deploy/grafana/dashboards/reportd-rollout.json")).unwrap();
+    let dashboard: Value =
+        serde_json::from_str(&read_repo_file("deploy/grafana/dashboards/reportd-rollout.json")).unwrap();
     let mut names = BTreeSet::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
@@ -63,7 +64,9 @@ pub fn check_dashboard_metrics(exported: &str) {
     let mut source = String::new();
     source_text(&repo_file("src"), &mut source);
     let is_histogram = |name: &str| exported.contains(&format!("# TYPE {name} histogram"));
-    let in_output = |name: &str| exported.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")));
+    let in_output = |name: &str| {
+        exported.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+    };
     let names = dashboard_metrics();
     assert!(names.len() >= 15, "{names:?}");
     for name in &names {

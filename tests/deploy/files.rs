@@ -389,7 +389,8 @@ fn monitoring_scrapes_every_replica_and_the_exporter() {
     let datasource = yaml(&read_repo_file("deploy/grafana/provisioning/datasources/prometheus.yml"));
     let uid = datasource["datasources"][0]["uid"].as_str().unwrap();
     assert_eq!(datasource["datasources"][0]["url"], "http://prometheus:9090");
-    let dashboard: Value = serde_json::from_str(&read_repo_file("deploy/grafana/dashboards/reportd-rollout.json")).unwrap();
+    let dashboard: Value =
+        serde_json::from_str(&read_repo_file("deploy/grafana/dashboards/reportd-rollout.json")).unwrap();
     for panel in dashboard["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row") {
         assert_eq!(panel["datasource"]["uid"], uid, "{}", panel["title"]);
         assert!(!panel["targets"].as_array().unwrap().is_empty());
@@ -422,7 +423,8 @@ fn dockerfile() -> Vec<(String, String)> {
 #[test]
 fn the_dockerfile_is_multi_stage_non_root_and_checks_its_health_with_reportd() {
     let instructions = dockerfile();
-    let froms: Vec<usize> = instructions.iter().enumerate().filter(|(_, (op, _))| op == "FROM").map(|(i, _)| i).collect();
+    let froms: Vec<usize> =
+        instructions.iter().enumerate().filter(|(_, (op, _))| op == "FROM").map(|(i, _)| i).collect();
     assert!(froms.len() >= 2, "multi-stage");
     let (builder, runtime) = (&instructions[froms[0]..froms[1]], &instructions[*froms.last().unwrap()..]);
     assert!(builder[0].1.starts_with("rust:") && builder[0].1.contains("bookworm"), "{:?}", builder[0]);

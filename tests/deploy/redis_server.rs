@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-
 use crate::files::{compose, interpolate, services};
 use crate::harness::{find_binary, free_port, wait_for_redis};
 
@@ -28,7 +27,8 @@ fn redis_command(port: u16, dir: &Path) -> Command {
         .map(|v| interpolate(v.as_str().unwrap(), &env).unwrap())
         .collect();
     assert_eq!(args[0], "redis-server");
-    let binary = find_binary(&["redis-server", "valkey-server"]).expect("redis-server (Debian: apt-get install redis-server)");
+    let binary =
+        find_binary(&["redis-server", "valkey-server"]).expect("redis-server (Debian: apt-get install redis-server)");
     let mut command = Command::new(binary);
     command
         .args(&args[1..])
@@ -58,8 +58,11 @@ async fn the_compose_redis_needs_its_password_and_aof_survives_a_kill() {
     wait_for_redis(&authed, Duration::from_secs(10)).await;
 
     // Without the password, nothing but an authentication error.
-    let mut anonymous = connect(&format!("redis://127.0.0.1:{port}/0")).await;
-    let err = redis::cmd("GET").arg("k").query_async::<Option<String>>(&mut anonymous).await.unwrap_err();
+    let anonymous = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let err = match anonymous.get_multiplexed_async_connection().await {
+        Ok(mut c) => redis::cmd("GET").arg("k").query_async::<Option<String>>(&mut c).await.unwrap_err(),
+        Err(e) => e,
+    };
     assert!(err.to_string().contains("NOAUTH"), "{err}");
     let wrong = redis::Client::open(format!("redis://:wrong@127.0.0.1:{port}/0")).unwrap();
     assert!(wrong.get_multiplexed_async_connection().await.is_err(), "a wrong password is refused");
@@ -103,8 +106,12 @@ async fn the_compose_health_check_passes_only_with_the_password() {
     let mut server = redis_command(port, dir.path()).spawn().expect("start redis-server");
     wait_for_redis(&format!("redis://:{PASSWORD}@127.0.0.1:{port}/0"), Duration::from_secs(10)).await;
     let compose = compose();
-    let test: Vec<&str> =
-        services(&compose)["redis"]["healthcheck"]["test"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let test: Vec<&str> = services(&compose)["redis"]["healthcheck"]["test"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(test[0], "CMD-SHELL");
     let script = interpolate(test[1], &BTreeMap::new()).unwrap().replace("redis-cli", &format!("redis-cli -p {port}"));
     let run = |password: &str| {
