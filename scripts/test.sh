@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On Debian/Ubuntu it first installs what the tests
-# need and is missing (redis-server; the Rust toolchain must be there).
+# need and is missing (redis-server, nginx; the Rust toolchain must be there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+# The deployment tests run the shipped nginx configuration.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "missing: ${need[*]} (install them, then re-run)" >&2
