@@ -499,6 +499,10 @@ impl ImportService {
                 p
             }
         };
+        // The user's import slot is free before the task says it ended, so
+        // that a client that sees the end may upload again at once (a job
+        // whose status cannot be written runs again and takes it back).
+        self.settings.limits.release(Concurrency::Imports, &job.user, job.task.as_str()).await;
         // The final status must not be lost to a short outage: retry it.
         let mut written = false;
         for attempt in 1..=20 {
@@ -522,7 +526,6 @@ impl ImportService {
             tracing::warn!(task = %job.task, error = %e, "staged upload not removed");
         }
         self.queue.done(job).await;
-        self.settings.limits.release(Concurrency::Imports, &job.user, job.task.as_str()).await;
     }
 
     /// Records a stage change; a failure to record it does not stop the import.
