@@ -239,10 +239,14 @@ pub fn postgres_pass() -> bool {
 /// The database's URL is written into `dir`, so that it lives exactly as
 /// long as the directory: asked again for the same directory it is the same
 /// database, and a later directory that happens to get the same name gets a
-/// new one. The databases are not dropped: the throw-away cluster of
-/// `scripts/test.sh` goes with all of them, and dropping one under an
-/// instance that a test has not stopped yet would fail that test.
+/// new one. Once a directory is gone its test has ended, and its database is
+/// dropped when the next one is created (so a run does not pile up a
+/// database per test on the disk); the last few go with the throw-away
+/// cluster of `scripts/test.sh`.
 fn postgres_database(dir: &Path) -> String {
+    /// The databases this process created, with the directory each belongs to.
+    static CREATED: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
     let marker = dir.join(".reportd-test-postgres-url");
     if let Ok(url) = std::fs::read_to_string(&marker) {
         return url;
@@ -253,24 +257,38 @@ fn postgres_database(dir: &Path) -> String {
     );
     // Lower case letters and digits only, so the name needs no quoting.
     let name = format!("api_{}", uuid::Uuid::new_v4().simple());
-    let statement = format!("CREATE DATABASE {name}");
+    let ended: Vec<String> = {
+        let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+        let (gone, live): (Vec<_>, Vec<_>) = created.drain(..).partition(|(dir, _)| !dir.exists());
+        *created = live;
+        created.push((dir.to_path_buf(), name.clone()));
+        gone.into_iter().map(|(_, name)| name).collect()
+    };
+    let mut statements: Vec<String> =
+        ended.iter().map(|old| format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)")).collect();
+    statements.push(format!("CREATE DATABASE {name}"));
     // Settings::new is synchronous and is called inside tokio runtimes,
-    // which cannot be blocked on: the statement runs on a thread of its own
+    // which cannot be blocked on: the statements run on a thread of its own
     // with a small runtime of its own.
+    let admin = server.clone();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             use sqlx::Connection;
-            let mut conn = sqlx::postgres::PgConnection::connect(&server)
+            let mut conn = sqlx::postgres::PgConnection::connect(&admin)
                 .await
-                .unwrap_or_else(|e| panic!("cannot connect to REPORTD_TEST_POSTGRES ({server}): {e}"));
-            sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.expect("CREATE DATABASE");
+                .unwrap_or_else(|e| panic!("cannot connect to REPORTD_TEST_POSTGRES ({admin}): {e}"));
+            let create = statements.pop().unwrap();
+            for drop in statements {
+                // Best effort: a database left behind only costs disk.
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+            }
+            sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await.expect("CREATE DATABASE");
             let _ = conn.close().await;
         });
     })
     .join()
     .expect("creating the test database failed");
-    let server = std::env::var("REPORTD_TEST_POSTGRES").unwrap();
     let (base, query) = match server.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (server.as_str(), None),
