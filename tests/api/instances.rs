@@ -178,6 +178,12 @@ async fn a_dotenv_file_is_read() {
     let p = TestProcess::start(&settings, dir.path(), "dotenv").await;
     let token = p.client.user("dotenv").await;
     let task = p.client.imported(&token).await;
+    // The import's slot (`rl:lease:imports:…`) is let go of just after the
+    // task shows completed, not before: wait for it to go.
+    eventually(Duration::from_secs(10), "the import slot is freed", || async {
+        !redis.keys_with_ttl().await.keys().any(|k| k.contains(":rl:lease:imports:"))
+    })
+    .await;
     let keys = redis.keys_with_ttl().await;
     let names: Vec<&String> = keys.keys().collect();
     assert_eq!(names.len(), 2, "{names:?}");
