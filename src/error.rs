@@ -102,20 +102,76 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        // A full disk (SQLite `SQLITE_FULL`, PostgreSQL class 53 "insufficient
-        // resources") is the service's condition, not a bug: the request
-        // may succeed later, and the operator must hear of it.
-        if let sqlx::Error::Database(d) = &e {
+/// What a database error means for the client, by the database's own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DatabaseTrouble {
+    /// Out of disk: SQLite `SQLITE_FULL` (13), PostgreSQL `53100 disk_full`.
+    Full,
+    /// The database cannot serve now but may soon: PostgreSQL out of memory
+    /// or connections (the rest of class 53), a lost or refused connection
+    /// (class 08, `57P01`–`57P03` shutting down or starting), or no pooled
+    /// connection within the pool's timeout.
+    Unavailable,
+    /// Another writer held what was needed past the wait: SQLite `BUSY` (5)
+    /// and `LOCKED` (6) with their extended codes, PostgreSQL serialization
+    /// failures and deadlocks (class 40) and `55P03 lock_not_available`.
+    Busy,
+}
+
+fn database_trouble(e: &sqlx::Error) -> Option<DatabaseTrouble> {
+    match e {
+        // Not `Io`: the staging of an upload reports its spool's read
+        // errors as that, and those are not the database's.
+        sqlx::Error::PoolTimedOut => Some(DatabaseTrouble::Unavailable),
+        sqlx::Error::Database(d) => {
             let code = d.code().unwrap_or_default();
-            if code == "13" || code.starts_with("53") {
-                tracing::error!(error = %e, "the database is out of space or resources");
-                return Self::unavailable("storage_full", "the service is out of storage space, retry later")
-                    .with_retry_after(30);
+            // SQLite codes are numbers (extended codes keep the primary
+            // code in their low byte); PostgreSQL's are five-character
+            // SQLSTATEs, which never parse as a number below 256 here.
+            if let Ok(n) = code.parse::<u32>()
+                && code.len() < 5
+            {
+                return match n & 0xff {
+                    13 => Some(DatabaseTrouble::Full),
+                    5 | 6 => Some(DatabaseTrouble::Busy),
+                    _ => None,
+                };
+            }
+            match code.as_ref() {
+                "53100" => Some(DatabaseTrouble::Full),
+                "57P01" | "57P02" | "57P03" => Some(DatabaseTrouble::Unavailable),
+                "55P03" => Some(DatabaseTrouble::Busy),
+                c if c.starts_with("53") || c.starts_with("08") => Some(DatabaseTrouble::Unavailable),
+                c if c.starts_with("40") => Some(DatabaseTrouble::Busy),
+                _ => None,
             }
         }
-        Self::internal(format!("database: {e}"))
+        _ => None,
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        // These are the service's conditions, not bugs: the request may
+        // succeed later (so 503 with Retry-After), and the operator must hear
+        // of them (so they are logged as errors).
+        match database_trouble(&e) {
+            Some(DatabaseTrouble::Full) => {
+                tracing::error!(error = %e, "the database is out of space");
+                Self::unavailable("storage_full", "the service is out of storage space, retry later")
+                    .with_retry_after(30)
+            }
+            Some(DatabaseTrouble::Unavailable) => {
+                tracing::error!(error = %e, "the database is unavailable");
+                Self::unavailable("database_unavailable", "the database is unavailable, retry shortly")
+                    .with_retry_after(5)
+            }
+            Some(DatabaseTrouble::Busy) => {
+                tracing::warn!(error = %e, "the database was busy");
+                Self::unavailable("database_busy", "the database is busy, retry shortly").with_retry_after(1)
+            }
+            None => Self::internal(format!("database: {e}")),
+        }
     }
 }
 
@@ -145,3 +201,87 @@ impl From<crate::state::StateError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use axum::http::StatusCode;
+
+    use super::ApiError;
+
+    /// A database error with just a code, as either driver reports one.
+    #[derive(Debug)]
+    struct Coded(&'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            "a database error"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn answer(e: sqlx::Error) -> (StatusCode, String, Option<u64>) {
+        let e = ApiError::from(e);
+        (e.status, e.code.into_owned(), e.retry_after)
+    }
+
+    fn coded(code: &'static str) -> (StatusCode, String, Option<u64>) {
+        answer(sqlx::Error::Database(Box::new(Coded(code))))
+    }
+
+    #[test]
+    fn database_conditions_are_503_with_retry_after_on_both_databases() {
+        let full = (StatusCode::SERVICE_UNAVAILABLE, "storage_full".to_owned(), Some(30));
+        let down = (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable".to_owned(), Some(5));
+        let busy = (StatusCode::SERVICE_UNAVAILABLE, "database_busy".to_owned(), Some(1));
+        // SQLite: SQLITE_FULL; SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT, SQLITE_LOCKED.
+        assert_eq!(coded("13"), full);
+        for code in ["5", "517", "6"] {
+            assert_eq!(coded(code), busy, "{code}");
+        }
+        // PostgreSQL: disk_full; out of memory, too many connections, a
+        // broken connection, shutting down; serialization, deadlock, lock.
+        assert_eq!(coded("53100"), full);
+        for code in ["53200", "53300", "08006", "57P01", "57P03"] {
+            assert_eq!(coded(code), down, "{code}");
+        }
+        for code in ["40001", "40P01", "55P03"] {
+            assert_eq!(coded(code), busy, "{code}");
+        }
+        assert_eq!(answer(sqlx::Error::PoolTimedOut), down);
+    }
+
+    #[test]
+    fn other_database_errors_are_plain_500s() {
+        let internal = (StatusCode::INTERNAL_SERVER_ERROR, "internal_error".to_owned(), None);
+        // SQLite: a constraint (2067 is UNIQUE) and a syntax error; PostgreSQL:
+        // unique violation, undefined table, invalid text (a NUL).
+        for code in ["2067", "1", "23505", "42P01", "22021"] {
+            assert_eq!(coded(code), internal, "{code}");
+        }
+        assert_eq!(answer(sqlx::Error::RowNotFound), internal);
+    }
+}

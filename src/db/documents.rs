@@ -62,8 +62,8 @@ impl Database {
         )
         .bind(&doc.id)
         .bind(&doc.user_id)
-        .bind(&doc.title)
-        .bind(&doc.filename)
+        .bind(super::storable(&doc.title).into_owned())
+        .bind(super::storable(&doc.filename).into_owned())
         .bind(&doc.format)
         .bind(doc.size_bytes)
         .bind(doc.chunk_count)
@@ -89,9 +89,9 @@ impl Database {
                     .bind(&doc.id)
                     .bind(&doc.user_id)
                     .bind(position)
-                    .bind(&c.heading_path)
-                    .bind(&c.content)
-                    .bind(&c.search_text);
+                    .bind(super::storable(&c.heading_path).into_owned())
+                    .bind(super::storable(&c.content).into_owned())
+                    .bind(super::storable(&c.search_text).into_owned());
             }
             q.execute(&mut *tx).await?;
             stored(batch_no * CHUNK_BATCH + batch.len());

@@ -109,8 +109,10 @@ impl Database {
         )
         .bind(&upload.task_id)
         .bind(&upload.user_id)
-        .bind(&upload.filename)
-        .bind(&upload.title)
+        // The filename and title are the client's; the title is cleaned
+        // when the import ends, but must be storable until then.
+        .bind(super::storable(&upload.filename).into_owned())
+        .bind(super::storable(&upload.title).into_owned())
         .bind(&upload.format)
         .bind(upload.size_bytes)
         .bind(upload.created_at)

@@ -147,6 +147,13 @@ fn restrict_file(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `text` as both databases can store it: PostgreSQL's TEXT cannot hold a
+/// NUL character (the insert fails, where SQLite stores it), so NULs are
+/// dropped before text a client sent is written. Borrowed when there is none.
+pub(crate) fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') { std::borrow::Cow::Owned(text.replace('\0', "")) } else { std::borrow::Cow::Borrowed(text) }
+}
+
 /// True when `e` is a unique-constraint violation (both databases).
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())

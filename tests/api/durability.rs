@@ -31,8 +31,10 @@ fn crash_settings(dir: &std::path::Path) -> Settings {
     Settings::new(dir).set("IMPORT_HEARTBEAT_TIMEOUT_SECONDS", "2").set("IMPORT_STAGE_DELAY_MS", "1500")
 }
 
+/// The database of the instances started on `dir` (SQLite or PostgreSQL,
+/// by the pass: Settings for one directory share one database).
 async fn database(dir: &std::path::Path) -> Database {
-    Database::connect(&format!("sqlite://{}/reportd.db", dir.display())).await.unwrap()
+    Database::connect(Settings::new(dir).database_url()).await.unwrap()
 }
 
 async fn scalar(db: &Database, sql: &str, arg: &str) -> i64 {

@@ -171,7 +171,7 @@ async fn the_database_files_are_private() {
     let data = dir.path().join("fresh").join("data");
     let db = data.join("reportd.db");
     let t = TestApp::start(
-        Settings::new(dir.path())
+        Settings::sqlite(dir.path())
             .set("DATA_DIR", data.to_str().unwrap())
             .set("DATABASE_URL", &format!("sqlite://{}", db.display())),
     )

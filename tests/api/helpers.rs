@@ -155,8 +155,19 @@ impl Drop for TestRedis {
 pub struct Settings(pub BTreeMap<String, String>);
 
 impl Settings {
-    /// A private SQLite file in `dir`, a fixed JWT secret, `APP_ENV=test`.
+    /// The database of the pass (see [`postgres_pass`]): a private SQLite
+    /// file in `dir`, or a PostgreSQL database of its own for `dir`. Settings
+    /// made for one directory share that database (two instances of one
+    /// service, or one instance restarted); other directories never do.
+    /// Also a fixed JWT secret and `APP_ENV=test`.
     pub fn new(dir: &Path) -> Self {
+        let settings = Self::sqlite(dir);
+        if postgres_pass() { settings.set("DATABASE_URL", &postgres_database(dir)) } else { settings }
+    }
+
+    /// Like [`Settings::new`], but on SQLite in both passes: for tests of
+    /// SQLite itself (its files, its locking).
+    pub fn sqlite(dir: &Path) -> Self {
         let mut s = BTreeMap::new();
         s.insert("DATABASE_URL".into(), format!("sqlite://{}/reportd.db", dir.display()));
         s.insert("DATA_DIR".into(), dir.display().to_string());
@@ -182,6 +193,11 @@ impl Settings {
         Self(s)
     }
 
+    /// The `DATABASE_URL` these settings give the service.
+    pub fn database_url(&self) -> &str {
+        &self.0["DATABASE_URL"]
+    }
+
     /// Redis configured and every feature flag on.
     pub fn with_redis(self, redis: &TestRedis) -> Self {
         self.set("REDIS_URL", &redis.url())
@@ -205,6 +221,85 @@ impl Settings {
         }
         args
     }
+}
+
+/// True in the PostgreSQL pass of the suite (`REPORTD_TEST_DB=postgres`,
+/// which `scripts/test.sh` sets together with `REPORTD_TEST_POSTGRES`).
+pub fn postgres_pass() -> bool {
+    match std::env::var("REPORTD_TEST_DB").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("REPORTD_TEST_DB must be `sqlite` or `postgres`, not {other:?}"),
+    }
+}
+
+/// The URL of the PostgreSQL database that belongs to `dir`, created on the
+/// `REPORTD_TEST_POSTGRES` server the first time it is asked for.
+///
+/// The database's URL is written into `dir`, so that it lives exactly as
+/// long as the directory: asked again for the same directory it is the same
+/// database, and a later directory that happens to get the same name gets a
+/// new one. Once a directory is gone its test has ended, and its database is
+/// dropped when the next one is created (so a run does not pile up a
+/// database per test on the disk); the last few go with the throw-away
+/// cluster of `scripts/test.sh`.
+fn postgres_database(dir: &Path) -> String {
+    /// The databases this process created, with the directory each belongs to.
+    static CREATED: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
+    let marker = dir.join(".reportd-test-postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&marker) {
+        return url;
+    }
+    let server = std::env::var("REPORTD_TEST_POSTGRES").expect(
+        "REPORTD_TEST_DB=postgres needs REPORTD_TEST_POSTGRES (a server URL such as \
+         postgres://postgres@127.0.0.1:5432/postgres): run `bash scripts/test.sh`, which starts one",
+    );
+    // Lower case letters and digits only, so the name needs no quoting.
+    let name = format!("api_{}", uuid::Uuid::new_v4().simple());
+    let ended: Vec<String> = {
+        let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+        let (gone, live): (Vec<_>, Vec<_>) = created.drain(..).partition(|(dir, _)| !dir.exists());
+        *created = live;
+        created.push((dir.to_path_buf(), name.clone()));
+        gone.into_iter().map(|(_, name)| name).collect()
+    };
+    let mut statements: Vec<String> =
+        ended.iter().map(|old| format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)")).collect();
+    statements.push(format!("CREATE DATABASE {name}"));
+    // Settings::new is synchronous and is called inside tokio runtimes,
+    // which cannot be blocked on: the statements run on a thread of its own
+    // with a small runtime of its own.
+    let admin = server.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::postgres::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to REPORTD_TEST_POSTGRES ({admin}): {e}"));
+            let create = statements.pop().unwrap();
+            for drop in statements {
+                // Best effort: a database left behind only costs disk.
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+            }
+            sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await.expect("CREATE DATABASE");
+            let _ = conn.close().await;
+        });
+    })
+    .join()
+    .expect("creating the test database failed");
+    let (base, query) = match server.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (server.as_str(), None),
+    };
+    let (root, _) = base.rsplit_once('/').expect("REPORTD_TEST_POSTGRES names a database");
+    let url = match query {
+        Some(query) => format!("{root}/{name}?{query}"),
+        None => format!("{root}/{name}"),
+    };
+    std::fs::write(&marker, &url).unwrap();
+    url
 }
 
 /// The service running inside the test process.

@@ -69,6 +69,26 @@ async fn the_imports_alias_accepts_a_title() {
     assert_eq!(c.json(&token, "/documents").await["items"][0]["title"], "季度报告");
 }
 
+/// A title with NUL and other control characters is accepted on both
+/// databases (PostgreSQL's TEXT cannot hold a NUL) and stored cleaned.
+#[tokio::test]
+async fn a_title_with_control_characters_is_stored_cleaned() {
+    let t = TestApp::spawn(|s| s).await;
+    let c = &t.client;
+    let token = c.user("nul-title").await;
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(sample_text()).file_name("x.txt"))
+        .text("title", "季度\u{0}报告\u{7}\u{0}");
+    let r = c.http.post(c.url("/imports")).bearer_auth(&token).multipart(form).send().await.unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let task = body["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(c.wait_done(&token, &task).await["status"], "completed");
+    let title = c.json(&token, "/documents").await["items"][0]["title"].as_str().unwrap().to_owned();
+    assert!(title.starts_with("季度") && title.ends_with("报告") && !title.chars().any(char::is_control), "{title:?}");
+}
+
 #[tokio::test]
 async fn bad_uploads_get_clear_errors() {
     let t = TestApp::spawn(|s| s.set("MAX_UPLOAD_MB", "1")).await;

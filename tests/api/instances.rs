@@ -178,10 +178,80 @@ async fn a_dotenv_file_is_read() {
     let p = TestProcess::start(&settings, dir.path(), "dotenv").await;
     let token = p.client.user("dotenv").await;
     let task = p.client.imported(&token).await;
+    // The import's slot (`rl:lease:imports:…`) is let go of just after the
+    // task shows completed, not before: wait for it to go.
+    eventually(Duration::from_secs(10), "the import slot is freed", || async {
+        !redis.keys_with_ttl().await.keys().any(|k| k.contains(":rl:lease:imports:"))
+    })
+    .await;
     let keys = redis.keys_with_ttl().await;
     let names: Vec<&String> = keys.keys().collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert_eq!(names[0], "fromdotenv:test:queue:import");
     assert!(names[1].starts_with("fromdotenv:test:task:import:"), "{names:?}");
     assert!(names[1].ends_with(&task));
+}
+
+/// Two instances on one database (PostgreSQL in the PostgreSQL pass, one
+/// SQLite file in the other) and one Redis form one service: a document
+/// imported on A is found by a search on B, and a conversation begun on A
+/// continues on B (the offline provider answers; the session lives in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_are_one_service_for_search_and_conversations() {
+    let redis = TestRedis::start().await;
+    let dir = TempDir::new().unwrap();
+    let settings = Settings::new(dir.path()).with_redis(&redis);
+    let a = TestProcess::start(&settings, dir.path(), "a").await;
+    let b = TestProcess::start(&settings, dir.path(), "b").await;
+    let token = a.client.user("one-service").await;
+
+    let task = a.client.import(&token, "mars.txt", sample_text()).await;
+    let done = a.client.wait_done(&token, &task).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let doc = done["document_id"].as_str().unwrap();
+    for (query, word) in [("火星", "火星"), ("mars", "Mars")] {
+        let url = reqwest::Url::parse_with_params(&b.client.url("/documents/search"), [("q", query)]).unwrap();
+        let r = b.client.http.get(url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let found: Value = r.json().await.unwrap();
+        let items = found["items"].as_array().unwrap();
+        assert!(!items.is_empty(), "B finds what A imported for {query:?}: {found}");
+        assert!(items.iter().all(|hit| hit["document_id"] == doc), "{found}");
+        let snippet = items[0]["snippet"].as_str().unwrap();
+        assert!(snippet.contains(&format!("<mark>{word}</mark>")), "{snippet}");
+    }
+
+    // A turn on each instance, one conversation.
+    let ask = |c: &crate::helpers::Client, message: &str| {
+        let request = c
+            .http
+            .post(c.url("/ai/generate"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"task_id": "report", "message": message}));
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let stream = r.text().await.unwrap();
+            assert!(stream.contains("event: done"), "{stream}");
+        }
+    };
+    let session = |c: &crate::helpers::Client| {
+        let request = c.http.get(c.url("/ai/sessions/generate/report")).bearer_auth(&token);
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let body: Value = r.json().await.unwrap();
+            body["messages"].as_array().unwrap().clone()
+        }
+    };
+    ask(&a.client, "介绍火星").await;
+    assert_eq!(session(&b.client).await.len(), 2, "B sees the turn taken on A");
+    ask(&b.client, "火星的更多细节").await;
+    let messages = session(&a.client).await;
+    let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant"], "{messages:?}");
+    assert_eq!(messages[0]["content"], "介绍火星");
+    assert_eq!(messages[2]["content"], "火星的更多细节");
+    let draft = messages[3]["content"].as_str().unwrap();
+    assert!(draft.contains("火星是太阳系的第四颗行星") && draft.contains("[1]"), "B drafts from A's import: {draft}");
 }
