@@ -112,6 +112,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
         let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         if !(mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))) {
+            // The body is read (within the body limit) before refusing it:
+            // answering while the client still sends makes hyper close the
+            // connection, and the client sees a reset instead of the 415.
+            let _ = axum::body::Bytes::from_request(req, state).await;
             return Err(JsonRejection::MissingJsonContentType(Default::default()).into());
         }
         let bytes = axum::body::Bytes::from_request(req, state)
