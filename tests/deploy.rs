@@ -18,9 +18,17 @@ mod fakes;
 mod files;
 #[path = "deploy/harness.rs"]
 mod harness;
+// The API tests' harness and SSE reader, shared as they are; this target
+// uses part of them.
 #[path = "deploy/healthcheck.rs"]
 mod healthcheck;
+#[allow(dead_code)]
+#[path = "api/helpers.rs"]
+mod helpers;
 #[path = "deploy/nginx.rs"]
 mod nginx;
 #[path = "deploy/redis_server.rs"]
 mod redis_server;
+#[allow(dead_code)]
+#[path = "api/sse.rs"]
+mod sse;

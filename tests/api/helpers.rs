@@ -21,7 +21,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn find_binary(names: &[&str]) -> Option<PathBuf> {
+pub fn find_binary(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")]) {
         for name in names {
@@ -353,6 +353,9 @@ impl Drop for TestApp {
 /// The service as a child process of the test (for SIGKILL and two-process tests).
 pub struct TestProcess {
     child: Child,
+    /// The port it listens on (the deployment tests point nginx at it).
+    #[allow(dead_code)]
+    pub port: u16,
     pub client: Client,
     pub log: PathBuf,
 }
@@ -379,7 +382,7 @@ impl TestProcess {
             .spawn()
             .expect("cannot start reportd");
         let client = Client::new(&format!("http://127.0.0.1:{port}"));
-        let mut process = Self { child, client, log };
+        let mut process = Self { child, port, client, log };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = process.client.http.get(process.client.url("/healthz")).send().await

@@ -17,5 +17,6 @@ mod limits;
 mod llm;
 mod props;
 mod search;
+mod sse;
 mod state;
 mod uploads;

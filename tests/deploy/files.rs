@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use crate::harness::{binary, read_repo_file};
+use crate::harness::read_repo_file;
+use crate::helpers::binary;
 
 /// The five feature flags of SPEC §4: all `0` in a fresh deployment.
 pub const FLAGS: [&str; 5] = [

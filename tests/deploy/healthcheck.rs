@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Settings, TestProcess, binary, free_port};
+use crate::helpers::{Settings, TestProcess, binary, free_port};
 
 fn healthcheck(host: &str, port: u16) -> (Option<i32>, Duration) {
     let started = Instant::now();

@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::fakes::{FakeLlm, Reply};
-use crate::harness::{
-    Client, Settings, SseReader, TestProcess, TestRedis, find_binary, free_port, read_repo_file, sample_text, text_of,
-};
+use crate::harness::{metrics, read_repo_file, try_login};
+use crate::helpers::{Client, Settings, TestProcess, TestRedis, find_binary, free_port, sample_text};
+use crate::sse::{SseReader, text_of};
 
 /// nginx on the shipped configuration, killed when dropped.
 pub struct TestNginx {
@@ -250,7 +250,7 @@ async fn polls_spread_over_both_replicas_stay_monotonic() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    let (ma, mb) = (stack.a.metrics().await, stack.b.metrics().await);
+    let (ma, mb) = (metrics(&stack.a).await, metrics(&stack.b).await);
     assert!(poll_count(&ma) > 2.0 && poll_count(&mb) > 2.0, "polls reached both replicas");
 
     // Some more traffic for the dashboard's metrics: a document list twice
@@ -268,7 +268,7 @@ async fn polls_spread_over_both_replicas_stay_monotonic() {
         .await
         .unwrap();
     assert_eq!(SseReader::new(r).rest().await.last().unwrap().event, "done");
-    let exported = format!("{}\n{}", stack.a.metrics().await, stack.b.metrics().await);
+    let exported = format!("{}\n{}", metrics(&stack.a).await, metrics(&stack.b).await);
     crate::dashboard::check_dashboard_metrics(&exported);
 }
 
@@ -293,10 +293,10 @@ async fn uploads_up_to_max_upload_mb_pass_and_larger_ones_get_413() {
         bytes.resize(len, b'0');
         bytes
     };
-    let r = via.upload(&token, "big.pdf", file(mb * 1024 * 1024)).await;
+    let r = via.upload(&token, "/Import_Doc/", "big.pdf", file(mb * 1024 * 1024)).await;
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
 
-    let r = via.upload(&token, "over.pdf", file(mb * 1024 * 1024 + 1)).await;
+    let r = via.upload(&token, "/Import_Doc/", "over.pdf", file(mb * 1024 * 1024 + 1)).await;
     assert_eq!(r.status(), 413);
     let body: Value = r.json().await.expect("the app's JSON error, passed on by nginx");
     assert_eq!(body["code"], "file_too_large");
@@ -328,12 +328,12 @@ async fn forwarded_addresses_count_only_when_nginx_is_trusted() {
     for (stack, trusted) in [(&trusting, true), (&distrusting, false)] {
         let via = &stack.nginx.client;
         for i in 0..3 {
-            let r = via.try_login(&format!("nobody{i}"), "wrong password", Some("203.0.113.7")).await;
+            let r = try_login(via, &format!("nobody{i}"), "wrong password", Some("203.0.113.7")).await;
             assert_eq!(r.status(), 401, "attempt {i} is within the limit");
         }
-        let r = via.try_login("nobody9", "wrong password", Some("203.0.113.7")).await;
+        let r = try_login(via, "nobody9", "wrong password", Some("203.0.113.7")).await;
         assert_eq!(r.status(), 429, "the fourth attempt from one address is over the limit");
-        let r = via.try_login("nobody10", "wrong password", Some("198.51.100.20")).await;
+        let r = try_login(via, "nobody10", "wrong password", Some("198.51.100.20")).await;
         if trusted {
             assert_eq!(r.status(), 401, "another forwarded address has its own budget");
         } else {

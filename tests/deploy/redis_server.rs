@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::files::{compose, interpolate, services};
-use crate::harness::{find_binary, free_port, wait_for_redis};
+use crate::harness::wait_for_redis;
+use crate::helpers::{find_binary, free_port};
 
 const PASSWORD: &str = "deploy-test-password-0123";
 
