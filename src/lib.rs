@@ -25,9 +25,10 @@
 //!   import-task state machine, enforced atomically in both backends),
 //!   [`stores::import_queue::ImportQueue`] (the Redis stream with a consumer
 //!   group, or this instance's bounded queue),
-//!   [`stores::chat::ChatSessionStore`] (conversations and their leases) and
-//!   [`stores::streams::StreamLog`] (answer events, for resuming) and
-//!   [`stores::limits::Limits`] (rate limits and concurrency leases).
+//!   [`stores::chat::ChatSessionStore`] (conversations and their leases),
+//!   [`stores::streams::StreamLog`] (answer events, for resuming),
+//!   [`stores::limits::Limits`] (rate limits and concurrency leases) and
+//!   [`stores::cache::ReadCache`] (the per-user read cache, Redis only).
 //! - [`import`]: upload sniffing, the parsers ([`import::text`],
 //!   [`import::html`], [`import::docx`], [`import::pdf`]) behind one
 //!   interface ([`import::parse`]), chunking ([`import::chunk`]), the parse
@@ -51,6 +52,9 @@
 //! - [`net`]: the client's IP address (`X-Forwarded-For` from
 //!   `TRUSTED_PROXIES` only), for the login limits.
 //! - [`telemetry`]: logging and the Prometheus recorder.
+//!
+//! Deployment (Dockerfile, docker-compose.yml, `deploy/`) is checked by
+//! `tests/deploy.rs`; the end-to-end suite is `tests/api`.
 
 pub mod app;
 pub mod assist;
