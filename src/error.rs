@@ -102,59 +102,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// What a database error means for the client, by the database's own code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DatabaseTrouble {
-    /// Out of disk: SQLite `SQLITE_FULL` (13), PostgreSQL `53100 disk_full`.
-    Full,
-    /// The database cannot serve now but may soon: PostgreSQL out of memory
-    /// or connections (the rest of class 53), a lost or refused connection
-    /// (class 08, `57P01`–`57P03` shutting down or starting), or no pooled
-    /// connection within the pool's timeout.
-    Unavailable,
-    /// Another writer held what was needed past the wait: SQLite `BUSY` (5)
-    /// and `LOCKED` (6) with their extended codes, PostgreSQL serialization
-    /// failures and deadlocks (class 40) and `55P03 lock_not_available`.
-    Busy,
-}
-
-fn database_trouble(e: &sqlx::Error) -> Option<DatabaseTrouble> {
-    match e {
-        // Not `Io`: the staging of an upload reports its spool's read
-        // errors as that, and those are not the database's.
-        sqlx::Error::PoolTimedOut => Some(DatabaseTrouble::Unavailable),
-        sqlx::Error::Database(d) => {
-            let code = d.code().unwrap_or_default();
-            // SQLite codes are numbers (extended codes keep the primary
-            // code in their low byte); PostgreSQL's are five-character
-            // SQLSTATEs, which never parse as a number below 256 here.
-            if let Ok(n) = code.parse::<u32>()
-                && code.len() < 5
-            {
-                return match n & 0xff {
-                    13 => Some(DatabaseTrouble::Full),
-                    5 | 6 => Some(DatabaseTrouble::Busy),
-                    _ => None,
-                };
-            }
-            match code.as_ref() {
-                "53100" => Some(DatabaseTrouble::Full),
-                "57P01" | "57P02" | "57P03" => Some(DatabaseTrouble::Unavailable),
-                "55P03" => Some(DatabaseTrouble::Busy),
-                c if c.starts_with("53") || c.starts_with("08") => Some(DatabaseTrouble::Unavailable),
-                c if c.starts_with("40") => Some(DatabaseTrouble::Busy),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
-}
-
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         // These are the service's conditions, not bugs: the request may
         // succeed later (so 503 with Retry-After), and the operator must hear
         // of them (so they are logged as errors).
+        use crate::db::{DatabaseTrouble, database_trouble};
         match database_trouble(&e) {
             Some(DatabaseTrouble::Full) => {
                 tracing::error!(error = %e, "the database is out of space");

@@ -154,6 +154,62 @@ pub(crate) fn storable(text: &str) -> std::borrow::Cow<'_, str> {
     if text.contains('\0') { std::borrow::Cow::Owned(text.replace('\0', "")) } else { std::borrow::Cow::Borrowed(text) }
 }
 
+/// What a database error says about the database itself (by its own code,
+/// on both databases): errors the client may retry, and the operator must
+/// hear of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseTrouble {
+    /// Out of disk: SQLite `SQLITE_FULL` (13), PostgreSQL `53100 disk_full`.
+    Full,
+    /// The database cannot serve now but may soon: PostgreSQL out of memory
+    /// or connections (the rest of class 53), a lost or refused connection
+    /// (class 08, `57P01`–`57P03` shutting down or starting), or no pooled
+    /// connection within the pool's timeout.
+    Unavailable,
+    /// Another writer held what was needed past the wait: SQLite `BUSY` (5)
+    /// and `LOCKED` (6) with their extended codes, PostgreSQL serialization
+    /// failures and deadlocks (class 40) and `55P03 lock_not_available`.
+    Busy,
+}
+
+pub fn database_trouble(e: &sqlx::Error) -> Option<DatabaseTrouble> {
+    match e {
+        // Not `Io`: the staging of an upload reports its spool's read
+        // errors as that, and those are not the database's.
+        sqlx::Error::PoolTimedOut => Some(DatabaseTrouble::Unavailable),
+        sqlx::Error::Database(d) => {
+            let code = d.code().unwrap_or_default();
+            // SQLite codes are numbers (extended codes keep the primary
+            // code in their low byte); PostgreSQL's are five-character
+            // SQLSTATEs, which never parse as a number below 256 here.
+            if let Ok(n) = code.parse::<u32>()
+                && code.len() < 5
+            {
+                return match n & 0xff {
+                    13 => Some(DatabaseTrouble::Full),
+                    5 | 6 => Some(DatabaseTrouble::Busy),
+                    _ => None,
+                };
+            }
+            match code.as_ref() {
+                "53100" => Some(DatabaseTrouble::Full),
+                "57P01" | "57P02" | "57P03" => Some(DatabaseTrouble::Unavailable),
+                "55P03" => Some(DatabaseTrouble::Busy),
+                c if c.starts_with("53") || c.starts_with("08") => Some(DatabaseTrouble::Unavailable),
+                c if c.starts_with("40") => Some(DatabaseTrouble::Busy),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// True when another writer held what `e`'s statement needed (SQLite busy
+/// or locked, a PostgreSQL serialization failure, deadlock or lock wait).
+pub fn is_busy(e: &sqlx::Error) -> bool {
+    database_trouble(e) == Some(DatabaseTrouble::Busy)
+}
+
 /// True when `e` is a unique-constraint violation (both databases).
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())

@@ -640,11 +640,12 @@ impl ImportService {
             // Storing is idempotent (one transaction that replaces the
             // document), so a write that lost to another writer (SQLite's
             // busy or locked, past its busy timeout on a loaded host) is
-            // simply tried again, a few times.
+            // simply tried again, a few times (on PostgreSQL too: a
+            // serialization failure or deadlock).
             let mut attempt = 0;
             loop {
                 match self.db.insert_document(&doc, &prepared.chunks, &mut stored).await {
-                    Err(e) if attempt < 3 && is_busy(&e) => {
+                    Err(e) if attempt < 3 && crate::db::is_busy(&e) => {
                         attempt += 1;
                         tracing::warn!(error = %e, attempt, "storing a document met a busy database, retrying");
                         tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
@@ -707,16 +708,4 @@ pub fn chunk_document(doc: parse::ParsedDocument, settings: &ChunkSettings) -> R
 fn file_stem(filename: &str) -> &str {
     let name = filename.rsplit(['/', '\\']).next().unwrap_or(filename);
     name.rsplit_once('.').map_or(name, |(stem, _)| stem)
-}
-
-/// SQLite's "database is busy" or "locked": another writer held it too long.
-fn is_busy(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(d) => {
-            matches!(d.code().as_deref(), Some("5") | Some("6") | Some("517") | Some("261"))
-                || d.message().contains("database is locked")
-                || d.message().contains("database is busy")
-        }
-        _ => false,
-    }
 }

@@ -239,7 +239,11 @@ async fn delete_leaves_no_chunk_index_entry_or_staged_upload() {
     let done = c.wait_done(&token, &task).await;
     let doc_id = done["document_id"].as_str().unwrap().to_owned();
     let db = database(dir.path()).await;
-    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM staged_uploads WHERE task_id = $1", &task).await, 0);
+    // The job's staged upload is removed right after its final status is
+    // written (the status first: the upload is the job's durable record).
+    let staged = || async { scalar(&db, "SELECT COUNT(*) FROM staged_uploads WHERE task_id = $1", &task).await };
+    eventually(Duration::from_secs(5), "the staged upload is removed", || async { staged().await == 0 }).await;
+    assert_eq!(staged().await, 0);
     assert!(scalar(&db, "SELECT COUNT(*) FROM chunks WHERE document_id = $1", &doc_id).await > 0);
     let r = c.http.delete(c.url(&format!("/documents/{doc_id}"))).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 204);
