@@ -184,7 +184,7 @@ async fn a_dotenv_file_is_read() {
         !redis.keys_with_ttl().await.keys().any(|k| k.contains(":rl:lease:imports:"))
     })
     .await;
-    let keys = redis.keys_with_ttl().await;
+    let keys = redis.state_keys_with_ttl().await;
     let names: Vec<&String> = keys.keys().collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert_eq!(names[0], "fromdotenv:test:queue:import");

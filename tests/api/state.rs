@@ -58,7 +58,7 @@ async fn keys_match_the_templates_and_carry_a_ttl() {
             expected.push(format!("langextract:test:task:import:{user}:{task}"));
         }
     }
-    let mut keys = redis.keys_with_ttl().await;
+    let mut keys = redis.state_keys_with_ttl().await;
     let stream_ttl = keys.remove("langextract:test:queue:import").expect("the import stream");
     assert!(stream_ttl > (7 * 86_400 - 120) * 1000 && stream_ttl <= 7 * 86_400 * 1000, "stream TTL {stream_ttl}");
     let mut conn = redis.conn().await;
@@ -269,7 +269,7 @@ async fn starting_with_redis_down_is_a_degraded_start() {
     assert_eq!(c.status(&token, &task).await.1["status"], "completed");
     // The task's key, and (once a worker has looked at it) the empty import
     // stream: both with a TTL.
-    let keys = redis.keys_with_ttl().await;
+    let keys = redis.state_keys_with_ttl().await;
     assert!(keys.keys().any(|k| k.ends_with(&task)), "{keys:?}");
     assert!(keys.keys().all(|k| k.ends_with(&task) || k == "langextract:test:queue:import"), "{keys:?}");
     assert!(keys.values().all(|ttl| *ttl > 0), "{keys:?}");
