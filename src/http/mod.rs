@@ -4,6 +4,7 @@
 mod admin;
 mod ai;
 mod auth;
+mod console;
 mod documents;
 pub mod extract;
 mod imports;
@@ -37,6 +38,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(search::router())
         .merge(admin::router())
         .merge(ops::router())
+        .merge(console::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
