@@ -2,7 +2,8 @@
 # Runs the whole test suite: format and lint checks, then every test, with the
 # API suite (tests/api) run twice at the same time, once on SQLite and once on
 # PostgreSQL. On Debian/Ubuntu it first installs what the tests need and is
-# missing (redis-server, PostgreSQL, nginx; the Rust toolchain must be there).
+# missing (redis-server, PostgreSQL, nginx, Chromium and its WebDriver; the
+# Rust toolchain must be there).
 #
 # It starts a throw-away PostgreSQL cluster (a temp dir, a free port on
 # 127.0.0.1, trust auth, fsync off) and removes it on exit. Tests get its
@@ -33,6 +34,11 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # The deployment tests run the shipped nginx configuration.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 find_pg_bin >/dev/null || need+=(postgresql)
+# The console tests drive a headless Chromium over WebDriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# A CJK font, so that the console's screenshots show Chinese text.
+[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
 if [ ${#need[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "missing: ${need[*]} (install them, then re-run)" >&2

@@ -8,8 +8,10 @@
 //!   holds what handlers need) and [`app::serve`]s it on a listener until a
 //!   shutdown signal; tests call it with `127.0.0.1:0`.
 //! - [`http`]: the HTTP interface, one module per resource (`auth`,
-//!   `imports`, `documents`, `admin`, `ops`), plus [`http::extract`], the
-//!   extractors that turn malformed requests into JSON errors.
+//!   `imports`, `documents`, `search`, `ai`, `admin`, `ops`, and `console`,
+//!   which serves the web console embedded from `console/` at `/`), plus
+//!   [`http::extract`], the extractors that turn malformed requests into
+//!   JSON errors.
 //! - [`error`]: [`error::ApiError`], the one error type a client sees
 //!   (`{"detail","code"}` with the right status).
 //! - [`ids`] and [`keys`]: parsed ids (`UserId`, `TaskId`, …) and the only
@@ -54,7 +56,9 @@
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //!
 //! Deployment (Dockerfile, docker-compose.yml, `deploy/`) is checked by
-//! `tests/deploy.rs`; the end-to-end suite is `tests/api`.
+//! `tests/deploy.rs`; the end-to-end suite is `tests/api`; the web console
+//! (plain ES modules under `console/`, no build step) is tested in a
+//! headless Chromium by `tests/console.rs`.
 
 pub mod app;
 pub mod assist;
