@@ -12,11 +12,13 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 
 # The manifest, the lock file and everything compiled into the binary: the
-# SQL migrations (sqlx::migrate!) and the built-in prompts (include_str!).
+# SQL migrations (sqlx::migrate!), the built-in prompts (include_str!) and
+# the web console's files (rust-embed).
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
 COPY migrations ./migrations
 COPY prompts ./prompts
+COPY console ./console
 
 # --locked: build exactly the dependency versions of Cargo.lock. The cache
 # mounts keep the crate registry and the target directory between builds, so

@@ -431,7 +431,16 @@ fn the_dockerfile_is_multi_stage_non_root_and_checks_its_health_with_reportd() {
     assert!(builder[0].1.starts_with("rust:") && builder[0].1.contains("bookworm"), "{:?}", builder[0]);
     let build = builder.iter().find(|(op, args)| op == "RUN" && args.contains("cargo build")).expect("a cargo build");
     assert!(build.1.contains("--release") && build.1.contains("--locked"), "{}", build.1);
-    for dir in ["src", "migrations", "prompts"] {
+    // What the build reads: the sources, and the folders compiled into the
+    // binary (migrations, prompts, the console's files embedded by
+    // rust-embed: every `#[folder = …]` in src/ must be among them).
+    let inputs = ["src", "migrations", "prompts", "console"];
+    let embed = read_repo_file("src/http/console.rs");
+    for folder in embed.lines().filter_map(|l| l.trim().strip_prefix("#[folder = \"")) {
+        let dir = folder.trim_end_matches("\"]").trim_end_matches('/');
+        assert!(inputs.contains(&dir), "{dir} is embedded, so the image build must copy it");
+    }
+    for dir in inputs {
         assert!(builder.iter().any(|(op, args)| op == "COPY" && args.starts_with(&format!("{dir} "))), "{dir} copied");
     }
     // The runtime stage: a non-root user, the health check through reportd,
@@ -465,7 +474,7 @@ fn the_dockerfile_is_multi_stage_non_root_and_checks_its_health_with_reportd() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_owned)
         .collect();
-    for needed in ["src", "migrations", "prompts", "Cargo.toml", "Cargo.lock"] {
+    for needed in inputs.into_iter().chain(["Cargo.toml", "Cargo.lock"]) {
         assert!(!ignored.iter().any(|i| i == needed || i == &format!("{needed}/")), "{needed} is in the context");
     }
     assert!(ignored.iter().any(|i| i == "target") && ignored.iter().any(|i| i == ".env"));
