@@ -309,6 +309,11 @@ impl Database {
         Ok(done.rows_affected() == 1)
     }
 
+    /// How many jobs have not ended (on every instance).
+    pub async fn unfinished_jobs(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM staged_uploads").fetch_one(self.pool()).await
+    }
+
     /// Every job not yet ended (at most `limit`), oldest first.
     pub async fn pending_jobs(&self, limit: i64) -> Result<Vec<PendingJob>, sqlx::Error> {
         sqlx::query_as("SELECT user_id, task_id, filename, created_at FROM staged_uploads ORDER BY created_at LIMIT $1")

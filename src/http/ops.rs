@@ -70,18 +70,26 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let mut text = crate::telemetry::metrics_handle().render();
-    text.push_str(&app.state_gauges());
+    text.push_str(&app.state_gauges().await);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// The `# HELP` and `# TYPE` lines of a metric of the catalog.
+fn head(out: &mut String, name: &str) {
+    use std::fmt::Write;
+    if let Some(m) = crate::telemetry::CATALOG.iter().find(|m| m.name == name) {
+        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {}", m.help, m.kind.as_str());
+    }
 }
 
 impl App {
     /// Gauges that describe this app's present state, rendered at scrape
     /// time from the app itself (not the process-wide recorder, which
     /// several apps share in tests).
-    fn state_gauges(&self) -> String {
+    async fn state_gauges(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let _ = writeln!(out, "# TYPE reportd_feature_backend gauge");
+        head(&mut out, "reportd_feature_backend");
         let statuses: Vec<_> = Feature::ALL.into_iter().map(|f| (f, self.state.feature_status(f))).collect();
         for (feature, s) in &statuses {
             for backend in ["redis", "memory"] {
@@ -93,14 +101,43 @@ impl App {
                 );
             }
         }
-        let _ = writeln!(out, "# TYPE reportd_feature_degraded gauge");
+        head(&mut out, "reportd_feature_degraded");
         for (feature, s) in &statuses {
             let _ =
                 writeln!(out, "reportd_feature_degraded{{feature=\"{}\"}} {}", feature.as_str(), u8::from(s.degraded));
         }
+        head(&mut out, "reportd_feature_refusing");
+        for (feature, s) in &statuses {
+            let _ =
+                writeln!(out, "reportd_feature_refusing{{feature=\"{}\"}} {}", feature.as_str(), u8::from(s.refusing));
+        }
         let redis_up = self.state.redis().is_some_and(|r| r.is_available());
-        let _ = writeln!(out, "# TYPE reportd_redis_up gauge\nreportd_redis_up {}", u8::from(redis_up));
-        let _ = writeln!(out, "# TYPE reportd_memory_keys gauge\nreportd_memory_keys {}", self.state.memory().len());
+        head(&mut out, "reportd_redis_up");
+        let _ = writeln!(out, "reportd_redis_up {}", u8::from(redis_up));
+        head(&mut out, "reportd_memory_keys");
+        let _ = writeln!(out, "reportd_memory_keys {}", self.state.memory().len());
+        head(&mut out, "reportd_imports_in_flight");
+        let _ = writeln!(out, "reportd_imports_in_flight {}", self.imports.in_flight());
+        // One COUNT over the staged uploads; a scrape never waits long on a
+        // busy database (the gauge is left out then).
+        let unfinished = tokio::time::timeout(std::time::Duration::from_secs(2), self.imports.unfinished()).await;
+        match unfinished {
+            Ok(Ok(n)) => {
+                head(&mut out, "reportd_import_queue_length");
+                let _ = writeln!(out, "reportd_import_queue_length {n}");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "no import queue length for this scrape"),
+            Err(_) => tracing::debug!("no import queue length for this scrape: the database is slow"),
+        }
+        let pool = self.db.pool();
+        let (size, idle) = (pool.size(), pool.num_idle() as u32);
+        head(&mut out, "reportd_db_pool_connections");
+        let _ = writeln!(out, "reportd_db_pool_connections{{state=\"idle\"}} {idle}");
+        let _ = writeln!(out, "reportd_db_pool_connections{{state=\"busy\"}} {}", size.saturating_sub(idle));
+        head(&mut out, "reportd_db_pool_max_connections");
+        let _ = writeln!(out, "reportd_db_pool_max_connections {}", pool.options().get_max_connections());
+        head(&mut out, "reportd_build_info");
+        let _ = writeln!(out, "reportd_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         out
     }
 }

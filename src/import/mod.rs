@@ -161,6 +161,24 @@ pub struct ImportService {
     workers: TaskTracker,
     /// Stops the lease heartbeat, which must outlive the workers' drain.
     heartbeat: CancellationToken,
+    /// Jobs this instance runs right now (`reportd_imports_in_flight`).
+    running: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one running job in [`ImportService::running`] while it lives.
+struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Running {
+    fn start(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Where a running import is, for its task status.
@@ -220,6 +238,7 @@ impl ImportService {
             instance,
             workers: TaskTracker::new(),
             heartbeat: CancellationToken::new(),
+            running: Arc::default(),
         });
         for n in 0..this.settings.workers {
             let (worker, cancel) = (this.clone(), cancel.clone());
@@ -309,6 +328,18 @@ impl ImportService {
                 Err(e) => tracing::warn!(error = %e, "cannot adopt an abandoned import"),
             }
         }
+    }
+
+    /// How many jobs this instance runs right now.
+    pub fn in_flight(&self) -> usize {
+        self.running.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many accepted imports have not ended yet, on every instance (the
+    /// staged uploads in the database: queued, waiting for a worker, or
+    /// running).
+    pub async fn unfinished(&self) -> Result<i64, sqlx::Error> {
+        self.db.unfinished_jobs().await
     }
 
     /// Waits (at most `grace`) for the imports in progress to finish once
@@ -454,6 +485,7 @@ impl ImportService {
             }
         };
         metrics::counter!("reportd_import_attempts_total").increment(1);
+        let _running = Running::start(&self.running);
         // The job's slot, renewed while it runs here (its submitter may be
         // gone); freed in `finish`.
         let _slot = self.settings.limits.adopt(Concurrency::Imports, &job.user, job.task.as_str()).await;

@@ -199,6 +199,21 @@ impl StateLayer {
         self.memory.clone()
     }
 
+    /// Runs one state operation, timed into
+    /// `reportd_state_op_duration_seconds{feature,op,backend}`.
+    async fn timed<T>(feature: Feature, op: &'static str, backend: &'static str, call: impl Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = call.await;
+        metrics::histogram!(
+            "reportd_state_op_duration_seconds",
+            "feature" => feature.as_str(),
+            "op" => op,
+            "backend" => backend
+        )
+        .record(started.elapsed().as_secs_f64());
+        out
+    }
+
     fn count_fallback(feature: Feature, op: &'static str) {
         metrics::counter!("reportd_state_fallback_total", "feature" => feature.as_str(), "op" => op).increment(1);
     }
@@ -217,11 +232,15 @@ impl StateLayer {
         F: Fn(Arc<dyn Backend>) -> Fut,
         Fut: Future<Output = Result<Option<T>, BackendError>>,
     {
-        let from_memory = || async { op(self.memory_backend()).await.map_err(|e| StateError::Internal(e.to_string())) };
+        let from_memory = || async {
+            Self::timed(feature, "read", "memory", op(self.memory_backend()))
+                .await
+                .map_err(|e| StateError::Internal(e.to_string()))
+        };
         let route = self.route(feature);
         if route == Route::Redis {
             let redis: Arc<dyn Backend> = self.redis.clone().expect("route is Redis only with a client");
-            match op(redis).await {
+            match Self::timed(feature, "read", "redis", op(redis)).await {
                 Ok(found) => {
                     let local = from_memory().await?;
                     return Ok(merge(found, local));
@@ -245,11 +264,15 @@ impl StateLayer {
         F: Fn(Arc<dyn Backend>) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
-        let to_memory = || async { op(self.memory_backend()).await.map_err(|e| StateError::Internal(e.to_string())) };
+        let to_memory = || async {
+            Self::timed(feature, "write", "memory", op(self.memory_backend()))
+                .await
+                .map_err(|e| StateError::Internal(e.to_string()))
+        };
         let route = self.route(feature);
         if route == Route::Redis {
             let redis: Arc<dyn Backend> = self.redis.clone().expect("route is Redis only with a client");
-            match op(redis).await {
+            match Self::timed(feature, "write", "redis", op(redis)).await {
                 Ok(value) => {
                     if self.dual_write {
                         to_memory().await?;
@@ -282,7 +305,7 @@ impl StateLayer {
         let route = self.route(feature);
         if route == Route::Redis {
             let redis: Arc<dyn Backend> = self.redis.clone().expect("route is Redis only with a client");
-            match op(redis).await {
+            match Self::timed(feature, "write", "redis", op(redis)).await {
                 Ok(value) => return Ok(value),
                 Err(e) => tracing::debug!(feature = feature.as_str(), error = %e, "served from memory"),
             }
@@ -290,7 +313,9 @@ impl StateLayer {
         if route != Route::Memory {
             Self::count_fallback(feature, "write");
         }
-        op(self.memory_backend()).await.map_err(|e| StateError::Internal(e.to_string()))
+        Self::timed(feature, "write", "memory", op(self.memory_backend()))
+            .await
+            .map_err(|e| StateError::Internal(e.to_string()))
     }
 
     /// Starts the background work: memory sweeping, Redis health probing and

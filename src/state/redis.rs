@@ -125,25 +125,39 @@ impl RedisBackend {
         !self.breaker.is_open()
     }
 
-    /// Runs one command under the breaker and the command timeout.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, BackendError>
+    /// Runs one command under the breaker and the command timeout. `op`
+    /// names it in the metrics (a closed set: this module's operations and
+    /// the names of the atomic updates): `reportd_redis_command_duration_seconds{op}`
+    /// and `reportd_redis_errors_total{op,kind}`.
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, BackendError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        let error = |kind: &'static str| metrics::counter!("reportd_redis_errors_total", "op" => op, "kind" => kind);
         if self.breaker.is_open() {
+            error("circuit_open").increment(1);
             return Err(BackendError::Unavailable("circuit open".into()));
         }
-        match tokio::time::timeout(self.command_timeout, f(self.conn.clone())).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.command_timeout, f(self.conn.clone())).await;
+        metrics::histogram!("reportd_redis_command_duration_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        match result {
             Err(_) => {
+                error("timeout").increment(1);
                 self.breaker.trip("command timed out");
                 Err(BackendError::Unavailable("command timed out".into()))
             }
             Ok(Err(e)) if is_unavailability(&e) => {
+                error("unavailable").increment(1);
                 self.breaker.trip(&e.to_string());
                 Err(BackendError::Unavailable(e.to_string()))
             }
-            Ok(Err(e)) => Err(BackendError::Command(e.to_string())),
+            Ok(Err(e)) => {
+                error("command").increment(1);
+                Err(BackendError::Command(e.to_string()))
+            }
             Ok(Ok(v)) => Ok(v),
         }
     }
@@ -184,7 +198,7 @@ impl RedisBackend {
         let k = key.as_str().to_owned();
         let group = group.to_owned();
         let fields: Vec<String> = fields.iter().flat_map(|(f, v)| [f.to_string(), v.to_string()]).collect();
-        self.call(|mut c| async move {
+        self.call("stream_add", |mut c| async move {
             let mut inv = STREAM_ADD.key(k);
             inv.arg(group).arg(max_len).arg(millis(ttl));
             for f in &fields {
@@ -200,7 +214,7 @@ impl RedisBackend {
     pub async fn stream_create_group(&self, key: &Key, group: &str, ttl: Duration) -> Result<(), BackendError> {
         let k = key.as_str().to_owned();
         let group = group.to_owned();
-        self.call(|mut c| async move {
+        self.call("stream_create_group", |mut c| async move {
             let mut inv = STREAM_CREATE_GROUP.key(k);
             inv.arg(group).arg(millis(ttl));
             inv.invoke_async::<()>(&mut c).await
@@ -221,7 +235,7 @@ impl RedisBackend {
         let k = key.as_str().to_owned();
         let (group_name, consumer) = (group.to_owned(), consumer.to_owned());
         let reply: redis::streams::StreamAutoClaimReply = self
-            .call(|mut c| async move {
+            .call("stream_autoclaim", |mut c| async move {
                 redis::cmd("XAUTOCLAIM")
                     .arg(&k)
                     .arg(&group_name)
@@ -248,7 +262,7 @@ impl RedisBackend {
     pub async fn stream_touch(&self, key: &Key, group: &str, consumer: &str, id: &str) -> Result<(), BackendError> {
         let k = key.as_str().to_owned();
         let (group, consumer, id) = (group.to_owned(), consumer.to_owned(), id.to_owned());
-        self.call(|mut c| async move {
+        self.call("stream_touch", |mut c| async move {
             redis::cmd("XCLAIM")
                 .arg(&k)
                 .arg(&group)
@@ -267,7 +281,7 @@ impl RedisBackend {
     pub async fn stream_done(&self, key: &Key, group: &str, id: &str) -> Result<(), BackendError> {
         let k = key.as_str().to_owned();
         let (group, id) = (group.to_owned(), id.to_owned());
-        self.call(|mut c| async move {
+        self.call("stream_done", |mut c| async move {
             let mut pipe = redis::pipe();
             pipe.atomic().xack(&k, &group, &[&id]).ignore().xdel(&k, &[&id]).ignore();
             pipe.query_async::<()>(&mut c).await
@@ -287,7 +301,7 @@ impl RedisBackend {
         loop {
             let pattern = pattern.to_owned();
             let (next, keys): (u64, Vec<String>) = self
-                .call(|mut c| async move {
+                .call("scan_strings", |mut c| async move {
                     redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
@@ -301,7 +315,7 @@ impl RedisBackend {
             if !keys.is_empty() {
                 let batch = keys.clone();
                 let found: Vec<(Option<String>, i64)> = self
-                    .call(|mut c| async move {
+                    .call("scan_strings", |mut c| async move {
                         let mut pipe = redis::pipe();
                         for k in &batch {
                             // A key of another type answers nil here, not an error.
@@ -354,7 +368,7 @@ impl RedisBackend {
             .flat_map(|(seq, event, data)| [seq.to_string(), event.to_string(), data.to_string()])
             .collect();
         let cancelled: i64 = self
-            .call(|mut c| async move {
+            .call("events_append", |mut c| async move {
                 let mut inv = EVENTS_APPEND.key(k);
                 inv.arg(max_len).arg(millis(ttl));
                 for a in &args {
@@ -370,7 +384,9 @@ impl RedisBackend {
     pub async fn events_cancel(&self, key: &Key, max_len: usize, ttl: Duration) -> Result<bool, BackendError> {
         let k = key.as_str().to_owned();
         let found: i64 = self
-            .call(|mut c| async move { EVENTS_CANCEL.key(k).arg(max_len).arg(millis(ttl)).invoke_async(&mut c).await })
+            .call("events_cancel", |mut c| async move {
+                EVENTS_CANCEL.key(k).arg(max_len).arg(millis(ttl)).invoke_async(&mut c).await
+            })
             .await?;
         Ok(found == 1)
     }
@@ -386,7 +402,7 @@ impl RedisBackend {
         let k = key.as_str().to_owned();
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         let reply: redis::streams::StreamRangeReply = self
-            .call(|mut c| async move {
+            .call("events_range", |mut c| async move {
                 redis::cmd("XRANGE").arg(&k).arg(&start).arg("+").arg("COUNT").arg(count).query_async(&mut c).await
             })
             .await?;
@@ -395,7 +411,7 @@ impl RedisBackend {
 
     pub async fn exists(&self, key: &Key) -> Result<bool, BackendError> {
         let k = key.as_str().to_owned();
-        self.call(|mut c| async move { c.exists(k).await }).await
+        self.call("exists", |mut c| async move { c.exists(k).await }).await
     }
 
     // Pub/sub: notices between instances (a channel is not a key: it holds
@@ -403,7 +419,7 @@ impl RedisBackend {
 
     pub async fn publish(&self, channel: &str, message: &str) -> Result<(), BackendError> {
         let (ch, msg) = (channel.to_owned(), message.to_owned());
-        self.call(|mut c| async move { c.publish::<_, _, ()>(ch, msg).await }).await
+        self.call("publish", |mut c| async move { c.publish::<_, _, ()>(ch, msg).await }).await
     }
 
     /// A subscription to `channel` on a connection of its own; its stream
@@ -428,13 +444,13 @@ impl RedisBackend {
 
     pub async fn hgetall(&self, key: &Key) -> Result<HashMap<String, String>, BackendError> {
         let k = key.as_str().to_owned();
-        self.call(|mut c| async move { c.hgetall(k).await }).await
+        self.call("hgetall", |mut c| async move { c.hgetall(k).await }).await
     }
 
     pub async fn hset_many(&self, key: &Key, set: &[(String, String)], del: &[String]) -> Result<(), BackendError> {
         let k = key.as_str().to_owned();
         let (set, del) = (set.to_vec(), del.to_vec());
-        self.call(|mut c| async move {
+        self.call("hset_many", |mut c| async move {
             let mut pipe = redis::pipe();
             pipe.atomic();
             if !set.is_empty() {
@@ -600,29 +616,30 @@ impl Backend for RedisBackend {
 
     async fn get(&self, key: &Key) -> Result<Option<String>, BackendError> {
         let k = key.as_str().to_owned();
-        self.call(|mut c| async move { c.get(k).await }).await
+        self.call("get", |mut c| async move { c.get(k).await }).await
     }
 
     async fn set(&self, key: &Key, value: &str, ttl: Duration) -> Result<(), BackendError> {
         let (k, v) = (key.as_str().to_owned(), value.to_owned());
-        self.call(|mut c| async move { c.pset_ex(k, v, millis(ttl)).await }).await
+        self.call("set", |mut c| async move { c.pset_ex(k, v, millis(ttl)).await }).await
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, BackendError> {
         let k = key.as_str().to_owned();
-        let n: u64 = self.call(|mut c| async move { c.del(k).await }).await?;
+        let n: u64 = self.call("delete", |mut c| async move { c.del(k).await }).await?;
         Ok(n > 0)
     }
 
     async fn delete_if(&self, key: &Key, expected: &str) -> Result<bool, BackendError> {
         let (k, v) = (key.as_str().to_owned(), expected.to_owned());
-        let n: i64 = self.call(|mut c| async move { DELETE_IF.key(k).arg(v).invoke_async(&mut c).await }).await?;
+        let n: i64 =
+            self.call("delete_if", |mut c| async move { DELETE_IF.key(k).arg(v).invoke_async(&mut c).await }).await?;
         Ok(n > 0)
     }
 
     async fn ttl(&self, key: &Key) -> Result<Option<Duration>, BackendError> {
         let k = key.as_str().to_owned();
-        let ms: i64 = self.call(|mut c| async move { c.pttl(k).await }).await?;
+        let ms: i64 = self.call("ttl", |mut c| async move { c.pttl(k).await }).await?;
         // -2: no such key; -1: no TTL, which this service never writes.
         Ok((ms >= 0).then(|| Duration::from_millis(ms as u64)))
     }
@@ -637,7 +654,7 @@ impl Backend for RedisBackend {
         let k = key.as_str().to_owned();
         let args = args.to_vec();
         let (verdict, value): (String, Option<String>) = self
-            .call(|mut c| async move {
+            .call(op.name, |mut c| async move {
                 let mut inv = op.script.key(k);
                 inv.arg(millis(ttl));
                 for a in &args {

@@ -15,6 +15,7 @@ mod imports;
 mod instances;
 mod limits;
 mod llm;
+mod metrics;
 mod props;
 mod search;
 mod sse;
