@@ -24,9 +24,10 @@ struct FlagsView {
     overrides: BTreeMap<Flag, bool>,
 }
 
-async fn require_admin(app: &App, user: &crate::ids::UserId) -> ApiResult<()> {
+/// The admin's account, or 403 for anyone else.
+async fn require_admin(app: &App, user: &crate::ids::UserId) -> ApiResult<crate::db::User> {
     match app.db.user_by_id(user).await? {
-        Some(u) if u.is_admin() => Ok(()),
+        Some(u) if u.is_admin() => Ok(u),
         Some(_) => Err(ApiError::forbidden("this needs the admin role")),
         None => Err(ApiError::unauthorized("the account no longer exists")),
     }
@@ -47,7 +48,7 @@ async fn update(
     CurrentUser(user): CurrentUser,
     AppJson(body): AppJson<BTreeMap<String, Option<bool>>>,
 ) -> ApiResult<Json<FlagsView>> {
-    require_admin(&app, &user).await?;
+    let admin = require_admin(&app, &user).await?;
     let mut changes = BTreeMap::new();
     for (name, value) in body {
         let flag = Flag::parse(&name).ok_or_else(|| {
@@ -70,7 +71,26 @@ async fn update(
         }
         BackendError::Command(m) => ApiError::internal(m),
     })?;
+    let flags = app.state.flags();
+    let (effective_before, overrides_before) = (flags.effective(), flags.overrides());
     app.state.change_flags(|flags| flags.apply(&changes)).await;
-    tracing::info!(by = %user, ?changes, "flag overrides changed");
+    let (effective_after, overrides_after) = (flags.effective(), flags.overrides());
+    // The audit trail: one line per flag named in the request, with who
+    // asked and what changed (inside the request's span, so it carries the
+    // request id too).
+    for flag in changes.keys() {
+        let show = |v: Option<&bool>| v.map_or("none", |b| if *b { "on" } else { "off" });
+        tracing::info!(
+            audit = true,
+            by_id = %user,
+            by = %admin.username,
+            flag = flag.name(),
+            override_before = show(overrides_before.get(flag)),
+            override_after = show(overrides_after.get(flag)),
+            effective_before = show(effective_before.get(flag)),
+            effective_after = show(effective_after.get(flag)),
+            "run-time flag changed"
+        );
+    }
     Ok(view(&app))
 }

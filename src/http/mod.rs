@@ -52,7 +52,14 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             ApiError::internal("a request handler panicked").into_response()
         }))
-        .layer(TraceLayer::new_for_http())
+        // Every log line of a request carries its id (the proxy's
+        // `x-request-id` when plain, else a fresh one: see `edge`) and its
+        // route template, in text and JSON logs alike.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
+            tracing::info_span!("request", request_id = %id, method = %req.method(), route = %route)
+        }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(middleware::from_fn(edge))

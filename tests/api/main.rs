@@ -3,6 +3,7 @@
 //! area, as in zero-to-production.
 
 mod ai;
+mod audit;
 mod auth;
 mod bad_files;
 mod cache;
