@@ -211,6 +211,24 @@ impl Browser {
         }
     }
 
+    /// Every shown control of the page has an accessible name (a label, an
+    /// `aria-label`, or text) and can be reached with the keyboard (no
+    /// negative `tabindex`).
+    pub async fn assert_labelled(&self) {
+        let unlabelled = self
+            .js(
+                "return [...document.querySelectorAll('input, select, textarea, button, a[href]')] \
+                 .filter(e => e.getClientRects().length > 0 && e.type !== 'hidden') \
+                 .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label') \
+                     || e.getAttribute('aria-labelledby') || e.textContent.trim() || e.getAttribute('title')) \
+                     || e.tabIndex < 0) \
+                 .map(e => e.outerHTML.slice(0, 160));",
+                vec![],
+            )
+            .await;
+        assert_eq!(unlabelled, json!([]), "controls without a name, or out of the tab order");
+    }
+
     /// The browser's console messages since the last read, as `LEVEL text`.
     pub async fn console_messages(&self) -> Vec<String> {
         let entries = self.client.issue_cmd(ReadLog("browser")).await.expect("the browser log");

@@ -131,6 +131,7 @@ async fn documents_upload_list_open_search_and_delete() {
     b.open("/").await;
     b.visible("#login-form").await;
     b.screenshots("login").await;
+    b.assert_labelled().await;
     sign_up(&b, "alice", "alice password 1").await;
 
     b.click("#nav-documents").await;
@@ -151,6 +152,7 @@ async fn documents_upload_list_open_search_and_delete() {
     assert!(b.text("#doc-list .doc-row .doc-format").await.to_lowercase().contains("docx"));
     assert!(b.text("#doc-list .doc-row .doc-title").await.contains("AutoGen"));
     b.screenshots("documents").await;
+    b.assert_labelled().await;
 
     // Open it: its chunks, with their heading paths.
     b.click("#doc-list .doc-row .doc-title").await;
@@ -255,6 +257,7 @@ async fn three_assistants_stream_cite_and_show_tool_calls() {
     assert!(href.contains(&format!("#/documents/{document}/chunk-")), "{href}");
     assert!(citation.text().await.unwrap().contains("火星"), "the citation names the document");
     b.screenshots("assistants").await;
+    b.assert_labelled().await;
 
     // optimize
     llm.push(Reply::text("A polished sentence."));
@@ -475,6 +478,7 @@ async fn the_admin_toggles_a_flag_and_readyz_follows() {
     b.visible(".feature[data-name=task_status] .feature-backend[data-value=redis]").await;
     b.visible("#readyz-status[data-status=ready]").await;
     b.screenshots("admin").await;
+    b.assert_labelled().await;
 
     b.click(&format!("{flag} .flag-toggle")).await;
     b.visible("dialog#confirm").await;
