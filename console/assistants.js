@@ -335,6 +335,10 @@ function applyEvent(pane, ev) {
       markFinished(pane.kind, pane.msgEl, data.finish_reason, data.sources);
       break;
     case 'error':
+      // The instance serving this response is stopping (a deploy): not the
+      // end of the answer. The connection ends; `follow` reconnects with
+      // Last-Event-ID and another instance carries on.
+      if (data.code === 'instance_stopping') return;
       pane.done = true;
       renderNow(pane);
       markFinished(pane.kind, pane.msgEl, 'error');

@@ -257,6 +257,8 @@ fn build_assistants(
             delta_interval: Duration::from_millis(config.ai_delta_interval_ms),
             turn_timeout,
         },
+        turns: Default::default(),
+        interrupt: Default::default(),
     })
 }
 
@@ -334,12 +336,22 @@ pub async fn serve(
         });
     }
     drop(listener);
-    // Open SSE responses end now (their clients resume elsewhere); other
-    // requests get the grace period to finish.
+    // Open SSE responses end now, each with an `instance_stopping` event
+    // that tells its client to resume on another instance (which reads the
+    // answer's events from Redis); other requests get the grace period to
+    // finish. The answers themselves go on here meanwhile, for as long as
+    // the grace period: past it, the ones still running end with an
+    // `instance_stopped` error.
     app.stopping.cancel();
     let grace = Duration::from_secs(app.config.shutdown_grace_seconds);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after the shutdown grace period were dropped");
+    let connections = async {
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("connections still open after the shutdown grace period were dropped");
+        }
+    };
+    let ((), interrupted) = tokio::join!(connections, app.assistants.drain(grace));
+    if interrupted > 0 {
+        tracing::warn!(answers = interrupted, "answers still running after the shutdown grace period were stopped");
     }
     app.background.cancel();
     if !app.imports.drain(grace).await {

@@ -104,6 +104,11 @@ pub struct Assistants {
     pub prompts: Prompts,
     pub web: Option<WebSearch>,
     pub settings: AssistSettings,
+    /// The turns running on this instance (waited for on shutdown).
+    pub turns: tokio_util::task::TaskTracker,
+    /// Fired past the shutdown grace period: the turns still running end
+    /// with an `instance_stopped` error.
+    pub interrupt: tokio_util::sync::CancellationToken,
 }
 
 impl Assistants {
@@ -146,8 +151,24 @@ impl Assistants {
         };
         let source = EventSource::from_live(live.clone(), 0);
         let turn = turn::Turn { app: self.clone(), user, task, stream_id: id.clone(), input, history, live };
-        tokio::spawn(turn.run());
+        self.turns.spawn(turn.run());
         Ok((id, source))
+    }
+
+    /// On shutdown: lets the running turns finish within `grace`, then
+    /// stops the rest (each ends with an `instance_stopped` error event, so
+    /// that a client reading its stream anywhere sees the end at once).
+    /// Returns how many had to be stopped.
+    pub async fn drain(&self, grace: std::time::Duration) -> usize {
+        self.turns.close();
+        if tokio::time::timeout(grace, self.turns.wait()).await.is_ok() {
+            return 0;
+        }
+        let stopped = self.turns.len();
+        self.interrupt.cancel();
+        // Their last events and the release of their leases take a moment.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.turns.wait()).await;
+        stopped
     }
 }
 

@@ -180,17 +180,29 @@ impl Turn {
         em.emit("start", start).await;
 
         let timeout = self.app.settings.turn_timeout;
-        let answered = AssertUnwindSafe(tokio::time::timeout(timeout, self.answer(&mut em))).catch_unwind().await;
+        let interrupt = self.app.interrupt.clone();
+        let answered = tokio::select! {
+            answered = AssertUnwindSafe(tokio::time::timeout(timeout, self.answer(&mut em))).catch_unwind() => Some(answered),
+            _ = interrupt.cancelled() => None,
+        };
         let outcome = match answered {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Outcome::Failed {
-                code: "turn_timeout".into(),
-                detail: format!("the answer took longer than {} s", timeout.as_secs()),
+            // The instance stops (past its shutdown grace period): the turn
+            // did not happen, as for any error; the user asks again.
+            None => Outcome::Failed {
+                code: "instance_stopped".into(),
+                detail: "the instance answering stopped before the answer was finished; ask again".into(),
             },
-            Err(_) => {
-                tracing::error!(stream = %self.stream_id, "an assistant turn panicked");
-                Outcome::Failed { code: "internal_error".into(), detail: "internal server error".into() }
-            }
+            Some(answered) => match answered {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => Outcome::Failed {
+                    code: "turn_timeout".into(),
+                    detail: format!("the answer took longer than {} s", timeout.as_secs()),
+                },
+                Err(_) => {
+                    tracing::error!(stream = %self.stream_id, "an assistant turn panicked");
+                    Outcome::Failed { code: "internal_error".into(), detail: "internal server error".into() }
+                }
+            },
         };
         em.flush().await;
 

@@ -151,9 +151,21 @@ async fn stream_slot(app: &Arc<App>, user: &crate::ids::UserId) -> ApiResult<Lea
 /// resumes elsewhere with `Last-Event-ID`).
 fn sse(app: &App, source: EventSource, slot: Lease) -> Response {
     let stopping = app.stopping.clone();
-    let events = futures::stream::unfold((source, stopping, slot), |(mut source, stopping, slot)| async move {
+    let state = (source, stopping, Some(slot));
+    let events = futures::stream::unfold(state, |(mut source, stopping, slot)| async move {
+        // `slot` is `None` once the stopping notice has gone out: the end.
+        slot.as_ref()?;
         let event = tokio::select! {
-            _ = stopping.cancelled() => None,
+            _ = stopping.cancelled() => {
+                // Not an event of the answer (no id, not recorded): the
+                // client keeps its Last-Event-ID and resumes elsewhere.
+                let notice = serde_json::json!({
+                    "code": "instance_stopping",
+                    "detail": "this instance is stopping: resume with GET /ai/streams/{stream_id} and Last-Event-ID",
+                });
+                let sse = SseEvent::default().event("error").data(notice.to_string());
+                return Some((Ok::<_, Infallible>(sse), (source, stopping, None)));
+            }
             event = source.next() => event,
         }?;
         let sse = SseEvent::default().id(event.seq.to_string()).event(event.event).data(event.data);

@@ -804,29 +804,99 @@ fn lua_and_rust_chat_appends_agree() {
     });
 }
 
-/// SIGTERM with an answer streaming: the instance ends its open SSE
-/// responses (the client can resume elsewhere) instead of waiting minutes
-/// for them, and exits by itself.
+/// SIGTERM with an answer that never ends: the instance ends its open SSE
+/// response at once with an `instance_stopping` notice (no id: not an
+/// event of the answer), gives the answer its grace period, then stops it
+/// with an `instance_stopped` error, and exits by itself.
 #[tokio::test]
-async fn sigterm_does_not_wait_for_open_streams() {
+async fn sigterm_tells_open_streams_to_resume_and_stops_answers_past_the_grace_period() {
     let llm = FakeLlm::start().await;
     let dir = tempfile::TempDir::new().unwrap();
-    let settings = with_llm(Settings::new(dir.path()), &llm);
+    let settings = with_llm(Settings::new(dir.path()), &llm).set("SHUTDOWN_GRACE_SECONDS", "2");
     let mut p = TestProcess::start(&settings, dir.path(), "stopping").await;
     let token = p.client.user("stopper").await;
     llm.push(Reply::Hang { chunks: vec!["一直写".into()] });
     let r = ask(&p.client, &token, "generate", json!({"task_id": "st", "message": "写"})).await;
     let mut reader = SseReader::new(r);
-    assert_eq!(reader.next().await.unwrap().event, "start");
-    let status = tokio::task::spawn_blocking(move || {
+    let start = reader.next().await.unwrap();
+    assert_eq!(start.event, "start");
+    let stream_id = start.data["stream_id"].as_str().unwrap().to_owned();
+    // A second reader of the same answer, on the same instance.
+    let r = p.client.get(&token, &format!("/ai/streams/{stream_id}")).await;
+    let mut resumed = SseReader::new(r);
+    assert_eq!(resumed.next().await.unwrap().event, "start");
+    let started = Instant::now();
+    let stopped = tokio::task::spawn_blocking(move || {
         let status = p.terminate(Duration::from_secs(60));
         (status, p)
-    })
-    .await
-    .unwrap();
-    assert!(status.0.is_some_and(|s| s.success()), "exited by itself: {}", status.1.read_log());
-    let rest = tokio::time::timeout(Duration::from_secs(10), reader.rest()).await.unwrap();
-    assert!(rest.iter().all(|e| e.event != "done"), "the response ended, not the answer: {rest:?}");
+    });
+    for reader in [&mut reader, &mut resumed] {
+        let rest = tokio::time::timeout(Duration::from_secs(10), reader.rest()).await.unwrap();
+        let last = rest.last().expect("a notice");
+        assert_eq!((last.event.as_str(), &last.data["code"]), ("error", &json!("instance_stopping")), "{rest:?}");
+        assert_eq!(last.id, None, "the notice is not an event of the answer");
+        assert!(rest.iter().all(|e| e.event != "done"), "{rest:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "the responses ended at once, not after the grace period");
+    let (status, p) = stopped.await.unwrap();
+    assert!(status.is_some_and(|s| s.success()), "exited by itself: {}", p.read_log());
+    assert!(p.read_log().contains("answers still running after the shutdown grace period were stopped"));
+}
+
+/// A rolling restart mid-answer: SIGTERM on A while it streams; A's
+/// response ends with `instance_stopping`; the client resumes on B with
+/// `Last-Event-ID` and receives the rest of the answer, which A goes on
+/// generating within its grace period (its events reach B through Redis).
+/// The whole text arrives once, the ids continue, and the round is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_answer_the_client_resumes_on_the_other_instance() {
+    let redis = TestRedis::start().await;
+    let llm = FakeLlm::start().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let settings = with_llm(Settings::new(dir.path()).with_redis(&redis), &llm).set("SHUTDOWN_GRACE_SECONDS", "30");
+    let mut a = TestProcess::start(&settings, dir.path(), "a").await;
+    let b = TestProcess::start(&settings, dir.path(), "b").await;
+    let token = a.client.user("roller").await;
+    let full: String = (0..40).map(|i| format!("段{i:02}")).collect();
+    llm.push(Reply::Text { chunks: crate::fakes::split_chars(&full, 3), delay_ms: 60 });
+    let r = ask(&a.client, &token, "generate", json!({"task_id": "roll", "message": "写"})).await;
+    let mut reader = SseReader::new(r);
+    let start = reader.next_within().await;
+    let stream_id = start.data["stream_id"].as_str().unwrap().to_owned();
+    let mut seen = vec![start, reader.next_within().await];
+    assert_eq!(seen[1].event, "delta");
+    let stopped = tokio::task::spawn_blocking(move || {
+        let status = a.terminate(Duration::from_secs(60));
+        (status, a)
+    });
+    let mut rest = reader.rest().await;
+    let notice = rest.pop().expect("the stopping notice");
+    assert_eq!(notice.data["code"], "instance_stopping", "{notice:?}");
+    assert!(
+        rest.iter().all(|e| e.event != "done" && e.event != "error"),
+        "A's response ended before the answer: {rest:?}"
+    );
+    seen.extend(rest);
+    let last_id = seen.last().unwrap().id.unwrap();
+    let r = b
+        .client
+        .http
+        .get(b.client.url(&format!("/ai/streams/{stream_id}")))
+        .bearer_auth(&token)
+        .header("Last-Event-ID", last_id.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let resumed = SseReader::new(r).rest().await;
+    assert_eq!(resumed.last().map(|e| e.event.as_str()), Some("done"), "{resumed:?}");
+    seen.extend(resumed);
+    check_stream(&seen);
+    assert_eq!(text_of(&seen), full, "the whole answer, once");
+    let (status, a) = stopped.await.unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{}", a.read_log());
+    let session = b.client.json(&token, "/ai/sessions/generate/roll").await;
+    assert_eq!(session["messages"][1]["content"], full.as_str(), "A stored the round before exiting");
 }
 
 /// A process of its own with web search and no model (the offline
