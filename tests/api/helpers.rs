@@ -389,7 +389,12 @@ pub fn binary() -> &'static str {
 impl TestProcess {
     /// Starts `reportd serve` in `dir` with exactly `settings` as its environment.
     pub async fn start(settings: &Settings, dir: &Path, name: &str) -> Self {
-        let port = free_port();
+        Self::start_on(settings, dir, name, free_port()).await
+    }
+
+    /// Like [`start`](Self::start), on a given port (a restart in place,
+    /// behind a proxy that knows the port).
+    pub async fn start_on(settings: &Settings, dir: &Path, name: &str, port: u16) -> Self {
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(binary())
             .env_clear()
