@@ -7,6 +7,7 @@ mod auth;
 mod bad_files;
 mod cache;
 mod corpus;
+mod doctor;
 mod durability;
 mod fakes;
 mod hardening;
