@@ -39,6 +39,15 @@ pub enum Command {
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
+    /// Check this deployment with the settings the service would use: the
+    /// configuration, the database and its migrations, Redis (connection,
+    /// persistence, eviction policy, keys without a TTL, memory), the flags in
+    /// force, the LLM and search endpoints. Exit 0 unless a check failed.
+    Doctor {
+        /// One JSON object instead of the readable report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

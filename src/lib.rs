@@ -54,6 +54,10 @@
 //! - [`net`]: the client's IP address (`X-Forwarded-For` from
 //!   `TRUSTED_PROXIES` only), for the login limits.
 //! - [`telemetry`]: logging and the Prometheus recorder.
+//! - [`doctor`]: `reportd doctor`, read-only checks of a deployment (the
+//!   configuration, the database's migrations, Redis's persistence, eviction
+//!   policy and keys, the flags in force, the LLM and search endpoints) with
+//!   a readable or JSON report.
 //!
 //! Deployment (Dockerfile, docker-compose.yml, `deploy/`) is checked by
 //! `tests/deploy.rs`; the end-to-end suite is `tests/api`; the web console
@@ -65,6 +69,7 @@ pub mod assist;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod error;
 pub mod http;
 pub mod ids;

@@ -39,8 +39,9 @@ async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
     // A health check runs every few seconds in a container: it answers with
-    // its exit status alone, without logging or touching any store.
-    if !matches!(command, Command::Healthcheck { .. }) {
+    // its exit status alone, without logging or touching any store. The
+    // doctor's report is its output, not to be interleaved with log lines.
+    if !matches!(command, Command::Healthcheck { .. } | Command::Doctor { .. }) {
         reportd::telemetry::init_logging(cli.config.log_format);
     }
     let result = match command {
@@ -50,6 +51,7 @@ async fn run() -> std::process::ExitCode {
             let timeout = std::time::Duration::from_millis(timeout_ms);
             return healthcheck(&cli.config.host, cli.config.port, timeout).await;
         }
+        Command::Doctor { json } => return doctor(&cli.config, json).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -89,6 +91,18 @@ async fn add_user(config: Config, name: &str, admin: bool) -> anyhow::Result<()>
     })?;
     println!("created {}user {name} ({id})", if admin { "admin " } else { "" });
     Ok(())
+}
+
+/// `reportd doctor [--json]`: prints the report (see [`reportd::doctor`]);
+/// exit 0 when no check failed (warnings allowed), 1 otherwise.
+async fn doctor(config: &Config, json: bool) -> std::process::ExitCode {
+    let report = reportd::doctor::run(config).await;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.failed() { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
 }
 
 /// `reportd healthcheck`: one `GET /healthz` over a plain TCP connection to

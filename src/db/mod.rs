@@ -25,6 +25,13 @@ pub use users::{User, username_key};
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
+/// The migrations embedded in this binary for SQLite (`true`) or
+/// PostgreSQL: what [`Database::connect`] applies, and what `reportd doctor`
+/// compares with a database's applied ones.
+pub fn migrator(sqlite: bool) -> &'static sqlx::migrate::Migrator {
+    if sqlite { &SQLITE_MIGRATIONS } else { &POSTGRES_MIGRATIONS }
+}
+
 #[derive(Clone)]
 pub struct Database {
     pool: AnyPool,
@@ -56,8 +63,7 @@ impl Database {
             .connect_with(options)
             .await
             .context("cannot open the database")?;
-        let migrator = if is_sqlite { &SQLITE_MIGRATIONS } else { &POSTGRES_MIGRATIONS };
-        migrator.run(&pool).await.context("database migration failed")?;
+        migrator(is_sqlite).run(&pool).await.context("database migration failed")?;
         Ok(Self { pool })
     }
 

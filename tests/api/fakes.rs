@@ -112,7 +112,10 @@ pub struct FakeLlm {
 impl FakeLlm {
     pub async fn start() -> Self {
         let state = Arc::new(LlmState::default());
-        let app = Router::new().route("/v1/chat/completions", post(chat)).with_state(state.clone());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/models", get(models))
+            .with_state(state.clone());
         let addr = spawn(app).await;
         FakeLlm { base_url: format!("http://{addr}/v1"), state }
     }
@@ -208,6 +211,20 @@ async fn chat(State(state): State<Arc<LlmState>>, headers: HeaderMap, body: Byte
         }
     };
     sse_response(state, steps)
+}
+
+/// `GET /v1/models`: the one model, `fake-model`. A bearer token containing
+/// `invalid` is refused with a 401 that echoes the Authorization header, as
+/// some upstreams do (for tests that the key is never repeated).
+async fn models(headers: HeaderMap) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    if let Some(auth) = auth.filter(|a| a.contains("invalid")) {
+        let body =
+            json!({"error": {"message": format!("Incorrect API key provided: {auth}"), "code": "invalid_api_key"}});
+        return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
+    axum::Json(json!({"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "fake"}]}))
+        .into_response()
 }
 
 /// One thing a streamed body does.

@@ -8,6 +8,7 @@ mod auth;
 mod bad_files;
 mod cache;
 mod corpus;
+mod doctor;
 mod durability;
 mod fakes;
 mod hardening;
