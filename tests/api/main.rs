@@ -15,6 +15,7 @@ mod imports;
 mod instances;
 mod limits;
 mod llm;
+mod openapi;
 mod props;
 mod search;
 mod sse;
