@@ -19,9 +19,13 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of every error answer (and of an SSE `error` event).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// What went wrong, for a human (at most 300 characters).
     detail: &'a str,
+    /// A stable snake_case code, for a program (`invalid_body`, `unauthorized`, `file_too_large` …).
     code: &'a str,
 }
 
@@ -90,7 +94,7 @@ fn bounded(detail: &str) -> Cow<'_, str> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body { detail: &bounded(&self.detail), code: &self.code };
+        let body = ErrorBody { detail: &bounded(&self.detail), code: &self.code };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -19,6 +19,19 @@ pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// The schema of every id in the OpenAPI document: what [`is_valid_id`] accepts.
+fn id_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(ID_PATTERN))
+        .min_length(Some(1))
+        .max_length(Some(64))
+        .into()
+}
+
+/// [`is_valid_id`] as a regular expression (for the OpenAPI document).
+pub const ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
 /// An id type that can be parsed from a request (used by the path extractor).
 pub trait ParseId: Sized {
     /// What to call it in an error message.
@@ -62,6 +75,15 @@ macro_rules! id_type {
             }
         }
 
+        // In the OpenAPI document an id is a string of the SPEC §3 alphabet.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                id_schema()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = String::deserialize(d)?;
@@ -93,7 +115,7 @@ id_type!(
 );
 
 /// The three AI assistants, each with its own session namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionKind {
     Generate,

@@ -3,13 +3,14 @@ use sqlx::FromRow;
 use super::Database;
 use crate::ids::{DocumentId, UserId};
 
-#[derive(Debug, Clone, FromRow, serde::Serialize)]
+#[derive(Debug, Clone, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Document {
     pub id: String,
     #[serde(skip)]
     pub user_id: String,
     pub title: String,
     pub filename: String,
+    /// One of `txt`, `md`, `html`, `docx`, `pdf`.
     pub format: String,
     pub size_bytes: i64,
     pub chunk_count: i64,
@@ -17,7 +18,7 @@ pub struct Document {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, FromRow, serde::Serialize)]
+#[derive(Debug, Clone, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Chunk {
     pub id: String,
     pub position: i64,

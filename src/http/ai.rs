@@ -11,20 +11,23 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::{ToResponse, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{AppJson, AppPath, CurrentUser, IdPath};
 use crate::app::App;
 use crate::assist::{Input, stream_kind};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ids::{DocumentId, SessionKind, StreamId, TaskId};
-use crate::stores::chat::ChatMessage;
+use crate::llm::Usage;
+use crate::stores::chat::{ChatMessage, Source};
 use crate::stores::limits::{Concurrency, Lease};
 use crate::stores::streams::EventSource;
 
@@ -33,37 +36,158 @@ const MAX_INSTRUCTION_CHARS: usize = 2000;
 /// Document ids one `generate` request may name.
 const MAX_DOCUMENT_IDS: usize = 50;
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new()
-        .route("/ai/generate", post(generate))
-        .route("/ai/optimize", post(optimize))
-        .route("/ai/search", post(search))
-        .route("/ai/streams/{stream_id}", get(resume))
-        .route("/ai/streams/{stream_id}/cancel", post(cancel))
-        .route("/ai/sessions/{kind}/{task_id}", get(get_session).delete(delete_session))
+pub fn router() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(generate))
+        .routes(routes!(optimize))
+        .routes(routes!(search))
+        .routes(routes!(resume))
+        .routes(routes!(cancel))
+        .routes(routes!(get_session, delete_session))
 }
 
-#[derive(Deserialize)]
+/// A question to the report-writing assistant, answered from the user's documents.
+#[derive(Deserialize, ToSchema)]
 struct GenerateBody {
+    /// The client's id of the conversation (a session per task and kind).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     task_id: String,
+    /// Not blank, at most `AI_MAX_INPUT_CHARS` characters.
     message: String,
+    /// Search only these documents (at most 50; empty or absent: all of them).
     #[serde(default)]
     document_ids: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
+/// A text to polish.
+#[derive(Deserialize, ToSchema)]
 struct OptimizeBody {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     task_id: String,
+    /// Not blank, at most `AI_MAX_INPUT_CHARS` characters.
     text: String,
+    /// How to polish it (at most 2000 characters).
     #[serde(default)]
     instruction: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A question to the web-search assistant.
+#[derive(Deserialize, ToSchema)]
 struct SearchBody {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     task_id: String,
+    /// Not blank, at most `AI_MAX_INPUT_CHARS` characters.
     message: String,
 }
+
+// The types below document the events of an answer stream. The events are
+// built as JSON by the assistant (`crate::assist`), so these are never
+// constructed; the stream tests check the events against SPEC §5.
+
+/// One message of an answer stream, as `event` (its SSE event name) and
+/// `data` (its JSON). On the wire each is an SSE message whose `id:` is its
+/// sequence number in the stream (1, 2, 3 …), for `Last-Event-ID`.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "event", content = "data", rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(super) enum StreamEvent {
+    Start(StartEvent),
+    Delta(DeltaEvent),
+    ToolCall(ToolCallEvent),
+    ToolResult(ToolResultEvent),
+    Done(DoneEvent),
+    Error(ErrorBody<'static>),
+}
+
+/// `start`: the first event of a stream.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub(super) struct StartEvent {
+    /// The stream's id, for `GET /ai/streams/{stream_id}` and its cancel.
+    stream_id: StreamId,
+    task_id: TaskId,
+    kind: SessionKind,
+    /// `offline` for the built-in provider (no `LLM_BASE_URL`), else `llm`.
+    provider: String,
+    /// The LLM's model, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+}
+
+/// `delta`: a piece of the answer (Markdown).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub(super) struct DeltaEvent {
+    content: String,
+}
+
+/// `tool_call`: the search assistant calls a tool.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub(super) struct ToolCallEvent {
+    name: String,
+    /// The tool's arguments (a JSON object).
+    #[schema(value_type = Object)]
+    arguments: serde_json::Value,
+}
+
+/// `tool_result`: what a tool call found.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub(super) struct ToolResultEvent {
+    name: String,
+    results: Vec<ToolResultItem>,
+}
+
+/// One result of a tool call.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub(super) struct ToolResultItem {
+    title: String,
+    url: String,
+    snippet: String,
+}
+
+/// `done`: the last event of a stream that ended normally or was cancelled.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub(super) struct DoneEvent {
+    /// `stop`, `length`, `cancelled` …
+    finish_reason: String,
+    /// Token counts, when the LLM reported them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+    /// The sources the answer used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sources: Option<Vec<Source>>,
+}
+
+/// The answer as Server-Sent Events (`text/event-stream`). Each message has
+/// an `id` (its sequence number: 1, 2, 3 …), an `event` name and JSON
+/// `data` (schema `StreamEvent`):
+///
+/// | event | data |
+/// | --- | --- |
+/// | `start` | `StartEvent`: `{"stream_id","task_id","kind","provider"}` |
+/// | `delta` | `DeltaEvent`: `{"content"}`, a piece of the answer |
+/// | `tool_call` | `ToolCallEvent`: `{"name","arguments"}` (search only) |
+/// | `tool_result` | `ToolResultEvent`: `{"name","results":[{"title","url","snippet"}]}` (search only) |
+/// | `done` | `DoneEvent`: `{"finish_reason","usage"?}` |
+/// | `error` | `Error`: `{"detail","code"}`, a failure after streaming began |
+///
+/// The stream ends after `done` or `error`. Keep-alive comments come in
+/// between. A client that lost the connection resumes with
+/// `GET /ai/streams/{stream_id}` and `Last-Event-ID`.
+#[derive(ToResponse)]
+#[response(
+    content_type = "text/event-stream",
+    headers(
+        ("Cache-Control" = String, description = "`no-cache`"),
+        ("X-Accel-Buffering" = String, description = "`no`: proxies must not buffer the stream"),
+    )
+)]
+#[allow(dead_code)]
+pub(super) struct EventStream(StreamEvent);
 
 fn task_id(raw: &str) -> ApiResult<TaskId> {
     TaskId::parse(raw).map_err(|_| ApiError::invalid_id("task_id"))
@@ -80,6 +204,25 @@ fn text(field: &str, value: String, max: usize) -> ApiResult<String> {
     Ok(value)
 }
 
+/// Drafts report text from the user's documents (streamed).
+#[utoipa::path(
+    post,
+    path = "/ai/generate",
+    tag = "ai",
+    operation_id = "ai_generate",
+    security(("bearer" = [])),
+    request_body = GenerateBody,
+    responses(
+        (status = 200, response = EventStream),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 409, description = "An answer in this session is still running (`session_busy`)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "A missing, blank or too long field, or an invalid id", body = ErrorBody),
+        (status = 429, description = "Over the request rate, or too many open streams (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "A store is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn generate(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
@@ -107,6 +250,25 @@ async fn generate(
     start(&app, user, task, Input::Generate { message, document_ids }).await
 }
 
+/// Polishes a text (streamed).
+#[utoipa::path(
+    post,
+    path = "/ai/optimize",
+    tag = "ai",
+    operation_id = "ai_optimize",
+    security(("bearer" = [])),
+    request_body = OptimizeBody,
+    responses(
+        (status = 200, response = EventStream),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 409, description = "An answer in this session is still running (`session_busy`)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "A missing, blank or too long field, or an invalid id", body = ErrorBody),
+        (status = 429, description = "Over the request rate, or too many open streams (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "A store is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn optimize(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
@@ -121,6 +283,25 @@ async fn optimize(
     start(&app, user, task, Input::Optimize { text: text_, instruction }).await
 }
 
+/// Answers with web search (streamed): the assistant may call its search tool.
+#[utoipa::path(
+    post,
+    path = "/ai/search",
+    tag = "ai",
+    operation_id = "ai_search",
+    security(("bearer" = [])),
+    request_body = SearchBody,
+    responses(
+        (status = 200, response = EventStream),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 409, description = "An answer in this session is still running (`session_busy`)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "A missing, blank or too long field, or an invalid id", body = ErrorBody),
+        (status = 429, description = "Over the request rate, or too many open streams (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "A store is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn search(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
@@ -202,6 +383,27 @@ fn last_event_id(headers: &HeaderMap) -> ApiResult<u64> {
     })
 }
 
+/// Replays what the client missed of a stream, then follows it live, on any instance.
+#[utoipa::path(
+    get,
+    path = "/ai/streams/{stream_id}",
+    tag = "ai",
+    operation_id = "ai_resume_stream",
+    security(("bearer" = [])),
+    params(
+        ("stream_id" = StreamId, Path, description = "The `stream_id` of the stream's `start` event"),
+        ("Last-Event-ID" = Option<u64>, Header,
+            description = "The `id` of the last event the client has; absent or 0: from the start"),
+    ),
+    responses(
+        (status = 200, response = EventStream),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such stream of this user (`stream_not_found`)", body = ErrorBody),
+        (status = 422, description = "Not a valid id, or a `Last-Event-ID` that is not a number", body = ErrorBody),
+        (status = 429, description = "Over the request rate, or too many open streams (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The stream store is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn resume(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
@@ -215,6 +417,24 @@ async fn resume(
     Ok(sse(&app, source, slot))
 }
 
+/// Stops a running answer on whichever instance runs it; the stream's last
+/// event is then `done` with `"finish_reason":"cancelled"`.
+#[utoipa::path(
+    post,
+    path = "/ai/streams/{stream_id}/cancel",
+    tag = "ai",
+    operation_id = "ai_cancel_stream",
+    security(("bearer" = [])),
+    params(("stream_id" = StreamId, Path, description = "The `stream_id` of the stream's `start` event")),
+    responses(
+        (status = 204, description = "Cancelled (also when it had already ended)"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such stream of this user (`stream_not_found`)", body = ErrorBody),
+        (status = 422, description = "Not a valid id (`invalid_id`)", body = ErrorBody),
+        (status = 429, description = "Over the request rate (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The stream store is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn cancel(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
@@ -228,9 +448,10 @@ async fn cancel(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SessionView {
     messages: Vec<ChatMessage>,
+    /// Seconds until the session expires (0: no expiry).
     ttl_seconds: u64,
 }
 
@@ -240,6 +461,26 @@ fn session_path(kind: &str, task: &str) -> ApiResult<(SessionKind, TaskId)> {
     Ok((kind, task_id(task)?))
 }
 
+/// A conversation: its messages, oldest first.
+#[utoipa::path(
+    get,
+    path = "/ai/sessions/{kind}/{task_id}",
+    tag = "ai",
+    operation_id = "ai_get_session",
+    security(("bearer" = [])),
+    params(
+        ("kind" = SessionKind, Path, description = "Which assistant"),
+        ("task_id" = TaskId, Path, description = "The conversation's task id"),
+    ),
+    responses(
+        (status = 200, description = "The session", body = SessionView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such session (`session_not_found`)", body = ErrorBody),
+        (status = 422, description = "An unknown kind or an invalid task id", body = ErrorBody),
+        (status = 429, description = "Over the request rate (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The session store is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn get_session(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
@@ -256,6 +497,25 @@ async fn get_session(
     Ok(Json(SessionView { messages: session.messages, ttl_seconds }))
 }
 
+/// Clears a conversation (also when there was none).
+#[utoipa::path(
+    delete,
+    path = "/ai/sessions/{kind}/{task_id}",
+    tag = "ai",
+    operation_id = "ai_delete_session",
+    security(("bearer" = [])),
+    params(
+        ("kind" = SessionKind, Path, description = "Which assistant"),
+        ("task_id" = TaskId, Path, description = "The conversation's task id"),
+    ),
+    responses(
+        (status = 204, description = "Cleared"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 422, description = "An unknown kind or an invalid task id", body = ErrorBody),
+        (status = 429, description = "Over the request rate (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The session store is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn delete_session(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,

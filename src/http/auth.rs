@@ -2,46 +2,57 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{AppJson, ClientIp, CurrentUser, JsonOrForm};
 use crate::app::App;
 use crate::auth::dummy_hash;
 use crate::db::is_unique_violation;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ids::UserId;
 use crate::keys::LimitSubject;
 use crate::stores::limits::RateLimit;
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new().route("/auth/register", post(register)).route("/auth/login", post(login)).route("/auth/me", get(me))
+pub fn router() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(register)).routes(routes!(login)).routes(routes!(me))
 }
 
-#[derive(Deserialize)]
+/// A username and a password (registration, login).
+#[derive(Deserialize, ToSchema)]
 struct Credentials {
+    /// 1 to 64 printable characters once NFKC-normalised; case-insensitively unique.
+    #[schema(examples("alice"))]
     username: String,
+    /// 8 to 1024 characters.
+    #[schema(examples("correct horse battery"))]
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct UserView {
     id: String,
     username: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TokenView {
+    /// A JWT to send as `Authorization: Bearer <access_token>`.
     access_token: String,
+    /// Always `bearer`.
+    #[schema(value_type = String, examples("bearer"))]
     token_type: &'static str,
+    /// Seconds until the token expires.
     expires_in: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct MeView {
     id: String,
     username: String,
@@ -139,6 +150,23 @@ pub fn check_password(password: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Creates an account.
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    tag = "auth",
+    operation_id = "register",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "The account was created", body = UserView),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 409, description = "The username is taken (`username_taken`)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "An invalid username or password, or a body of the wrong shape", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The password hashers or the database are busy (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn register(
     State(app): State<Arc<App>>,
     ClientIp(ip): ClientIp,
@@ -157,6 +185,27 @@ fn hashers_busy(_: crate::auth::HashersBusy) -> ApiError {
     ApiError::unavailable("auth_busy", "too many logins at once, retry shortly").with_retry_after(1)
 }
 
+/// Logs in: answers an access token. The body is JSON or an HTML form
+/// (FastAPI's OAuth2 password form).
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = "auth",
+    operation_id = "login",
+    request_body(content(
+        (Credentials = "application/json"),
+        (Credentials = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 200, description = "The access token (sent with `Cache-Control: no-store`)", body = TokenView),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "Wrong username or password (`invalid_credentials`)", body = ErrorBody),
+        (status = 415, description = "The body is neither JSON nor a form", body = ErrorBody),
+        (status = 422, description = "A body of the wrong shape", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address or for this username (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The password hashers or the database are busy (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn login(
     State(app): State<Arc<App>>,
     ClientIp(ip): ClientIp,
@@ -185,6 +234,20 @@ async fn login(
     Ok((no_store, Json(TokenView { access_token, token_type: "bearer", expires_in: app.tokens.ttl_seconds })))
 }
 
+/// The account of the token.
+#[utoipa::path(
+    get,
+    path = "/auth/me",
+    tag = "auth",
+    operation_id = "me",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's account", body = MeView),
+        (status = 401, description = "No valid token, or its account no longer exists", body = ErrorBody),
+        (status = 429, description = "Over the request rate (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The database or the state store is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn me(State(app): State<Arc<App>>, CurrentUser(user): CurrentUser) -> ApiResult<Json<MeView>> {
     let found =
         app.db.user_by_id(&user).await?.ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;

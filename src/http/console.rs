@@ -11,17 +11,18 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::Router;
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use rust_embed::Embed;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::App;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 #[derive(Embed)]
 #[folder = "console/"]
@@ -33,8 +34,8 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      img-src 'self' data:; connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new().route("/", get(index)).route("/assets/{*path}", get(asset))
+pub fn router() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(index)).routes(routes!(asset))
 }
 
 /// A digest of every embedded file: the `?v=` of the asset URLs.
@@ -54,6 +55,17 @@ fn version() -> &'static str {
     })
 }
 
+/// The web console's page.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "console",
+    operation_id = "console",
+    responses(
+        (status = 200, description = "The console (HTML)", body = String, content_type = "text/html"),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+    ),
+)]
 async fn index(headers: HeaderMap) -> Response {
     let Some(file) = Assets::get("index.html") else {
         return ApiError::not_found("not_found", "this build has no console").into_response();
@@ -63,11 +75,26 @@ async fn index(headers: HeaderMap) -> Response {
     respond(&headers, html.into_bytes(), "text/html; charset=utf-8", &etag, "no-cache")
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AssetQuery {
+    /// The console's version: with the current one, the answer is cached for a year.
     v: Option<String>,
 }
 
+/// A file of the web console (script, style sheet, icon …).
+#[utoipa::path(
+    get,
+    path = "/assets/{*path}",
+    tag = "console",
+    operation_id = "console_asset",
+    params(("path" = String, Path, description = "The file's path under the console's assets"), AssetQuery),
+    responses(
+        (status = 200, description = "The file", body = String, content_type = "application/octet-stream"),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+        (status = 404, description = "No such file", body = ErrorBody),
+    ),
+)]
 async fn asset(Path(path): Path<String>, Query(q): Query<AssetQuery>, headers: HeaderMap) -> Response {
     // `index.html` is only served at `/`, where its version is filled in.
     let file = (path != "index.html").then(|| Assets::get(&path)).flatten();

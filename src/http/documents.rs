@@ -6,28 +6,35 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{AppQuery, CurrentUser, IdPath};
 use crate::app::App;
 use crate::db::{Chunk, Document};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ids::DocumentId;
 use crate::stores::cache::Lookup;
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new().route("/documents", get(list)).route("/documents/{id}", get(show).delete(remove))
+pub fn router() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(show, remove))
 }
 
-#[derive(Deserialize)]
+/// A page of a list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// How many items (documents: 1 to 100, default 20; a document's chunks: 1 to 500, default 50).
+    #[param(minimum = 1)]
     limit: Option<i64>,
+    /// How many items to skip (default 0).
+    #[param(minimum = 0)]
     offset: Option<i64>,
 }
 
@@ -45,10 +52,11 @@ impl Page {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct DocumentView {
     #[serde(flatten)]
     doc: Document,
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -61,13 +69,14 @@ impl From<Document> for DocumentView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct DocumentList {
     items: Vec<DocumentView>,
+    /// How many documents the user has in all.
     total: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct DocumentDetail {
     #[serde(flatten)]
     doc: DocumentView,
@@ -93,6 +102,22 @@ pub(super) fn encode<T: Serialize>(value: &T) -> Result<Bytes, ApiError> {
     serde_json::to_vec(value).map(Bytes::from).map_err(|e| ApiError::internal(format!("encoding a response: {e}")))
 }
 
+/// The caller's documents, newest first.
+#[utoipa::path(
+    get,
+    path = "/documents",
+    tag = "documents",
+    operation_id = "list_documents",
+    security(("bearer" = [])),
+    params(Page),
+    responses(
+        (status = 200, description = "A page of documents", body = DocumentList),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 422, description = "`limit` or `offset` out of range (`invalid_query`)", body = ErrorBody),
+        (status = 429, description = "Over the request rate (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn list(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
@@ -109,6 +134,23 @@ async fn list(
     Ok(JsonBody(body))
 }
 
+/// A document with a page of its chunks, in order.
+#[utoipa::path(
+    get,
+    path = "/documents/{id}",
+    tag = "documents",
+    operation_id = "get_document",
+    security(("bearer" = [])),
+    params(("id" = DocumentId, Path, description = "The document's id"), Page),
+    responses(
+        (status = 200, description = "The document", body = DocumentDetail),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such document of this user (`document_not_found`)", body = ErrorBody),
+        (status = 422, description = "Not a valid id, or `limit`/`offset` out of range", body = ErrorBody),
+        (status = 429, description = "Over the request rate (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn show(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
@@ -129,6 +171,23 @@ async fn show(
     Ok(JsonBody(body))
 }
 
+/// Deletes a document, its chunks and its search entries.
+#[utoipa::path(
+    delete,
+    path = "/documents/{id}",
+    tag = "documents",
+    operation_id = "delete_document",
+    security(("bearer" = [])),
+    params(("id" = DocumentId, Path, description = "The document's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such document of this user (`document_not_found`)", body = ErrorBody),
+        (status = 422, description = "Not a valid id (`invalid_id`)", body = ErrorBody),
+        (status = 429, description = "Over the request rate (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn remove(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,

@@ -8,16 +8,18 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::extract::{CurrentUser, IdPath, PollingUser};
 use crate::app::App;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ids::TaskId;
 use crate::import::{Spool, SubmitError};
 use crate::keys::LimitSubject;
@@ -27,35 +29,84 @@ use crate::stores::tasks::{TaskRecord, TaskStatus};
 /// Where uploads are spooled while they arrive, under `DATA_DIR`.
 pub const SPOOL_DIR: &str = "uploads-tmp";
 
-pub fn router(max_upload_bytes: usize) -> Router<Arc<App>> {
+pub fn router(max_upload_bytes: usize) -> OpenApiRouter<Arc<App>> {
     // Room for the multipart envelope and a title around the file itself.
     let body_limit = max_upload_bytes.saturating_add(256 * 1024);
-    let upload = post(upload).layer(DefaultBodyLimit::max(body_limit));
-    Router::new()
-        .route("/Import_Doc/", upload.clone())
-        .route("/Import_Doc", upload.clone())
-        .route("/imports", upload)
-        .route("/check_import_status/{task_id}", get(status))
-        .route("/imports/{task_id}", get(status))
+    let upload = routes!(upload).layer(DefaultBodyLimit::max(body_limit));
+    let status = routes!(status);
+    OpenApiRouter::new()
+        .routes(alias(&upload, "/Import_Doc/", "import_doc", "the legacy path of the existing front end"))
+        .routes(alias(&upload, "/Import_Doc", "import_doc_no_slash", "the legacy path without its trailing slash"))
+        .routes(upload)
+        .routes(alias(&status, "/check_import_status/{task_id}", "check_import_status", "the legacy path"))
+        .routes(status)
 }
 
-#[derive(Serialize)]
+/// The routes of `routes` (one path) served at `path` as well: the same
+/// handler and the same documentation, under another operation id, with a
+/// line in the description naming the path it is an alias of.
+fn alias(
+    routes: &UtoipaMethodRouter<Arc<App>>,
+    path: &str,
+    operation_id: &str,
+    why: &str,
+) -> UtoipaMethodRouter<Arc<App>> {
+    let (schemas, paths, method_router) = routes.clone();
+    let mut aliased = utoipa::openapi::path::Paths::new();
+    for (original, mut item) in paths.paths {
+        for method in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete] {
+            if let Some(operation) = method.as_mut() {
+                operation.operation_id = Some(operation_id.to_owned());
+                let note = format!("An alias of `{original}`: {why}.");
+                operation.description = Some(match operation.description.take() {
+                    Some(description) if !description.is_empty() => format!("{description}\n\n{note}"),
+                    _ => note,
+                });
+            }
+        }
+        aliased.paths.insert(path.to_owned(), item);
+    }
+    (schemas, aliased, method_router)
+}
+
+/// An upload accepted: its import runs in the background.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ImportAccepted)]
 struct Accepted {
     task_id: TaskId,
+    /// Always `pending`.
     status: TaskStatus,
+}
+
+/// The form of an upload. The handler reads the multipart stream itself;
+/// this type only documents it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// The document: txt, md, html, docx or pdf (judged by content, not
+    /// only by name), at most `MAX_UPLOAD_MB` (default 50) MB.
+    #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
+    file: Vec<u8>,
+    /// A title (default: the document's own, else the file name); at most 1000 characters are kept.
+    title: Option<String>,
 }
 
 /// A task as the front end polls it (times in RFC 3339).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TaskView {
     task_id: TaskId,
     status: TaskStatus,
+    /// 0 to 100, never going backwards.
     progress: u8,
     stage: String,
     message: String,
+    /// Set once the import has completed.
     document_id: Option<String>,
+    /// Why the import failed, for a human.
     error: Option<String>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
 }
 
@@ -102,6 +153,25 @@ fn clean_filename(raw: &str) -> String {
     if clean.trim().is_empty() { "upload".into() } else { clean }
 }
 
+/// Uploads a document to import: answers at once with the task to poll.
+#[utoipa::path(
+    post,
+    path = "/imports",
+    tag = "imports",
+    operation_id = "create_import",
+    security(("bearer" = [])),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "Accepted: poll the task for its progress", body = Accepted),
+        (status = 400, description = "A malformed multipart body (`invalid_multipart`)", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 413, description = "The file is larger than `MAX_UPLOAD_MB` (`file_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not a supported type, judged by content (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "No `file` field, or a duplicated field", body = ErrorBody),
+        (status = 429, description = "Over the request rate, or too many imports running for this user (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "Too many uploads arriving or imports queued, or a store unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn upload(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
@@ -171,6 +241,23 @@ async fn upload(
     Ok((StatusCode::ACCEPTED, Json(Accepted { task_id: record.task_id, status: record.status })))
 }
 
+/// The progress of an import.
+#[utoipa::path(
+    get,
+    path = "/imports/{task_id}",
+    tag = "imports",
+    operation_id = "get_import",
+    security(("bearer" = [])),
+    params(("task_id" = TaskId, Path, description = "The task id an upload answered")),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such task of this user (`task_not_found`)", body = ErrorBody),
+        (status = 422, description = "Not a valid id (`invalid_id`)", body = ErrorBody),
+        (status = 429, description = "Over the polling rate (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The task store is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn status(
     State(app): State<Arc<App>>,
     PollingUser(user): PollingUser,

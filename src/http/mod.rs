@@ -1,5 +1,11 @@
 //! The HTTP interface: one module per resource, each with a `router()`,
 //! merged here with the middleware every request passes through.
+//!
+//! Every route is registered through utoipa-axum's `OpenApiRouter` with
+//! `routes!`, which takes the path and methods from the handler's
+//! `#[utoipa::path]` annotation: the router and the OpenAPI document
+//! (`GET /openapi.json`, see [`openapi`]) come from that one place and
+//! cannot disagree.
 
 mod admin;
 mod ai;
@@ -8,6 +14,7 @@ mod console;
 mod documents;
 pub mod extract;
 mod imports;
+pub mod openapi;
 mod ops;
 mod search;
 
@@ -22,23 +29,33 @@ use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::App;
 use crate::error::ApiError;
 
 pub use auth::{check_password, check_username};
 
-pub fn router(app: Arc<App>) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+/// Every route of the service but Swagger UI's, with its documentation.
+/// `max_upload_bytes` sets the body limit of the upload routes (it is not
+/// part of the document).
+pub fn api(max_upload_bytes: usize) -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::with_openapi(openapi::base())
         .merge(auth::router())
         .merge(ai::router())
-        .merge(imports::router(app.config.max_upload_bytes()))
+        .merge(imports::router(max_upload_bytes))
         .merge(documents::router())
         .merge(search::router())
         .merge(admin::router())
         .merge(ops::router())
         .merge(console::router())
+        .merge(openapi::router())
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let (api, _) = api(app.config.max_upload_bytes()).split_for_parts();
+    api.merge(openapi::swagger_ui())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")

@@ -3,37 +3,48 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::App;
 use crate::state::{Feature, FeatureStatus};
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    operation_id = "healthz",
+    responses((status = 200, description = "Alive", body = super::openapi::Health)),
+)]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct RedisView {
     configured: bool,
     connected: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct DatabaseView {
     ok: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Readiness {
+    #[schema(value_type = String, examples("ready", "degraded", "unavailable"))]
     status: &'static str,
     redis: RedisView,
     database: DatabaseView,
@@ -62,12 +73,33 @@ impl App {
     }
 }
 
+/// Readiness: `ready`, `degraded` (some feature serving from its fallback)
+/// or `unavailable`.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready or degraded", body = Readiness),
+        (status = 503, description = "Unavailable: the database is unreachable, or a feature refuses requests \
+            (the body is the same readiness report, not an `Error`)", body = Readiness),
+    ),
+)]
 async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
     let r = app.readiness().await;
     let code = if r.status == "unavailable" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (code, Json(r))
 }
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    operation_id = "metrics",
+    responses((status = 200, description = "The Prometheus text format", body = String, content_type = "text/plain; version=0.0.4")),
+)]
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let mut text = crate::telemetry::metrics_handle().render();
     text.push_str(&app.state_gauges().await);

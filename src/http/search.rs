@@ -4,15 +4,16 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::documents::{JsonBody, encode};
 use super::extract::{AppQuery, CurrentUser};
 use crate::app::App;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ids::DocumentId;
 use crate::search::{MAX_LIMIT, SearchHit, SearchIndex};
 use crate::stores::cache::Lookup;
@@ -25,25 +26,32 @@ pub const MAX_FILTER_IDS: usize = 50;
 
 const DEFAULT_LIMIT: i64 = 10;
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new().route("/documents/search", get(search))
+pub fn router() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(search))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Params {
+    /// The query (Chinese or English), 1 to 200 characters.
+    #[param(required = true, min_length = 1, max_length = 200)]
     q: Option<String>,
+    /// How many hits (1 to 100, default 10).
+    #[param(minimum = 1)]
     limit: Option<i64>,
-    /// Comma-separated document ids.
+    /// Comma-separated document ids (at most 50): search only these.
     document_ids: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = SearchResults)]
 struct Results {
     items: Vec<Item>,
 }
 
 /// One hit as SPEC §5 shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = SearchHit)]
 struct Item {
     document_id: String,
     chunk_id: String,
@@ -64,6 +72,22 @@ impl From<SearchHit> for Item {
     }
 }
 
+/// Full-text search over the caller's own chunks.
+#[utoipa::path(
+    get,
+    path = "/documents/search",
+    tag = "documents",
+    operation_id = "search_documents",
+    security(("bearer" = [])),
+    params(Params),
+    responses(
+        (status = 200, description = "The best hits, best first", body = Results),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 422, description = "An empty or too long `q`, a `limit` out of range, or a bad id list", body = ErrorBody),
+        (status = 429, description = "Over the request rate (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn search(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,

@@ -28,7 +28,7 @@ use crate::state::{AtomicUpdate, Backend, BackendError, Feature, StateError, Sta
 use crate::stores::tasks::now_ms;
 
 /// A source an answer used: a chunk of the user's documents or a web page.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Source {
     pub title: String,
     pub url: String,
@@ -40,7 +40,7 @@ pub struct Source {
 }
 
 /// One message of a session: what the user asked, or the answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatMessage {
     /// `user` or `assistant` (tool messages are not kept: their results ride
     /// on the answer as `sources`).

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{TaskId, UserId};
 use crate::state::{AtomicUpdate, Backend, BackendError, Feature, StateError, StateLayer, UpdateOutcome};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Pending,

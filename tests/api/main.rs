@@ -18,6 +18,7 @@ mod instances;
 mod limits;
 mod llm;
 mod metrics;
+mod openapi;
 mod props;
 mod search;
 mod sse;
