@@ -641,8 +641,10 @@ async fn aof_check(conn: &mut MultiplexedConnection) -> Check {
                 .with("appendonly", json!(true))
                 .with("appendfsync", json!(fsync))
         }
+        // A failure, not a warning: the whole point of keeping this state in
+        // Redis is that a restart does not lose it (SPEC §8).
         Ok(Some(v)) => check(
-            Status::Warn,
+            Status::Fail,
             format!(
                 "append-only file off (appendonly {v}): a restart of Redis loses the task statuses, conversations and \
                  answer events written since the last snapshot; set `appendonly yes`"

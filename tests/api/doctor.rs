@@ -186,16 +186,19 @@ async fn a_wrong_redis_password_fails_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aof_off_and_an_evicting_policy_are_warnings() {
+async fn aof_off_fails_and_an_evicting_policy_warns() {
     let (dir, redis, settings) = deployment().await;
     config_set(&redis, "appendonly", "no").await;
+    let run = doctor(&settings, dir.path(), true).await;
+    assert_eq!(run.code, 1, "a Redis without AOF fails: {}", run.stdout);
+    let aof = check(&run.json(), "redis.aof").clone();
+    assert_eq!(aof["status"], "fail", "{aof}");
+    config_set(&redis, "appendonly", "yes").await;
     config_set(&redis, "maxmemory-policy", "allkeys-lru").await;
     let run = doctor(&settings, dir.path(), true).await;
     assert_eq!(run.code, 0, "warnings alone exit 0: {}", run.stdout);
     let report = run.json();
     assert_eq!(report["status"], "warn");
-    let aof = check(&report, "redis.aof");
-    assert_eq!(aof["status"], "warn", "{aof}");
     let policy = check(&report, "redis.maxmemory_policy");
     assert_eq!(policy["status"], "warn", "{policy}");
     assert_eq!(policy["policy"], "allkeys-lru");
@@ -253,4 +256,20 @@ async fn pending_migrations_fail_by_name_and_are_not_applied() {
         assert_eq!(check(&report, name)["status"], "ok", "{name}");
     }
     assert_eq!(check(&report, "flags")["flags"]["REDIS_ENABLED"]["source"], "environment");
+}
+
+/// A database that does not answer (PostgreSQL on a port nobody listens
+/// on): a failure, within the doctor's timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_fails() {
+    let (dir, _redis, settings) = deployment().await;
+    let url = format!("postgres://reportd:secret-db-pass@127.0.0.1:{}/reportd", free_port());
+    let started = std::time::Instant::now();
+    let run = doctor(&settings.set("DATABASE_URL", &url), dir.path(), true).await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let report = run.json();
+    let failed: Vec<&Value> = report["checks"].as_array().unwrap().iter().filter(|c| c["status"] == "fail").collect();
+    assert!(failed.iter().any(|c| c["name"].as_str().unwrap().starts_with("database")), "{report}");
+    assert!(!run.stdout.contains("secret-db-pass"), "the password is not printed: {}", run.stdout);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "bounded by timeouts");
 }
