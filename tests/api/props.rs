@@ -609,12 +609,14 @@ fn hostile_ids_in_paths_get_json_errors() {
         for (method, path, valid) in requests {
             let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
             let r = c.http.request(method.clone(), c.url(&path)).bearer_auth(&token).send().await.unwrap();
+            // `..` can resolve a path to `/`, the console's page.
+            let console = method == reqwest::Method::GET && r.url().path() == "/";
             let shown = &path[..path.len().min(200)];
             let (status, body) = h.checked(r, &format!("{method} {shown}")).await;
             // A 405 comes from a `.` or `..` id: the client resolves it
             // away, and what is left can name another route (`/ai/streams/
             // ./cancel` is `GET /ai/streams/{id}` with the id `cancel`).
-            if !valid {
+            if !valid && !console {
                 assert!([404, 405, 414, 422].contains(&status), "{method} {shown}: {status} {body}");
             }
         }
