@@ -1042,6 +1042,22 @@ fn excerpt(body: &[u8]) -> String {
     short
 }
 
+/// Sends `request` (`shown` names it in messages): its status and body
+/// (or why the body could not be read), each step within [`STEP_TIMEOUT`];
+/// `Err` when there was no answer at all.
+async fn fetch(request: reqwest::RequestBuilder, shown: &str) -> Result<(u16, Result<Vec<u8>, String>), String> {
+    let response = match tokio::time::timeout(STEP_TIMEOUT, request.send()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(format!("{shown}: unreachable: {}", describe_http(e))),
+        Err(_) => return Err(format!("{shown}: no answer within {} s", STEP_TIMEOUT.as_secs())),
+    };
+    let code = response.status().as_u16();
+    let body = tokio::time::timeout(STEP_TIMEOUT, read_body(response))
+        .await
+        .unwrap_or_else(|_| Err(format!("the body did not arrive within {} s", STEP_TIMEOUT.as_secs())));
+    Ok((code, body))
+}
+
 async fn llm_check(config: &Config) -> Check {
     let check = |status, detail: String| Check::new("upstreams", "llm", status, detail);
     let Some(base) = config.llm_base_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
@@ -1061,15 +1077,10 @@ async fn llm_check(config: &Config) -> Check {
     if let Some(key) = config.llm_api_key.as_deref().map(str::trim).filter(|k| !k.is_empty()) {
         request = request.bearer_auth(key);
     }
-    let response = match tokio::time::timeout(STEP_TIMEOUT, request.send()).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return check(Status::Fail, format!("GET {url}: unreachable: {}", describe_http(e))),
-        Err(_) => return check(Status::Fail, format!("GET {url}: no answer within {} s", STEP_TIMEOUT.as_secs())),
+    let (code, body) = match fetch(request, &format!("GET {url}")).await {
+        Ok(answer) => answer,
+        Err(e) => return check(Status::Fail, e),
     };
-    let code = response.status().as_u16();
-    let body = tokio::time::timeout(STEP_TIMEOUT, read_body(response))
-        .await
-        .unwrap_or_else(|_| Err(format!("the body did not arrive within {} s", STEP_TIMEOUT.as_secs())));
     let check =
         |status, detail: String| check(status, detail).with("configured", json!(true)).with("http_status", json!(code));
     match code {
@@ -1150,15 +1161,10 @@ async fn search_check(config: &Config) -> Check {
         Err(e) => return check(Status::Fail, format!("SEARCH_URL does not make a valid URL: {e}")),
     };
     let request = client.get(target);
-    let response = match tokio::time::timeout(STEP_TIMEOUT, request.send()).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return check(Status::Fail, format!("{shown}: unreachable: {}", describe_http(e))),
-        Err(_) => return check(Status::Fail, format!("{shown}: no answer within {} s", STEP_TIMEOUT.as_secs())),
+    let (code, body) = match fetch(request, &shown).await {
+        Ok(answer) => answer,
+        Err(e) => return check(Status::Fail, e),
     };
-    let code = response.status().as_u16();
-    let body = tokio::time::timeout(STEP_TIMEOUT, read_body(response))
-        .await
-        .unwrap_or_else(|_| Err(format!("the body did not arrive within {} s", STEP_TIMEOUT.as_secs())));
     let check =
         |status, detail: String| check(status, detail).with("configured", json!(true)).with("http_status", json!(code));
     match (code, body) {

@@ -204,6 +204,27 @@ fn text(field: &str, value: String, max: usize) -> ApiResult<String> {
     Ok(value)
 }
 
+/// What the three assistants answer instead of a stream, before it
+/// begins (documentation only: the handlers return [`ApiError`]s).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum TurnRefused {
+    #[response(status = 400, description = "The body is not valid JSON")]
+    BadJson(ErrorBody<'static>),
+    #[response(status = 401, description = "No valid token")]
+    Unauthorized(ErrorBody<'static>),
+    #[response(status = 409, description = "An answer in this session is still running (`session_busy`)")]
+    Busy(ErrorBody<'static>),
+    #[response(status = 415, description = "The body is not `application/json`")]
+    NotJson(ErrorBody<'static>),
+    #[response(status = 422, description = "A missing, blank or too long field, or an invalid id")]
+    Invalid(ErrorBody<'static>),
+    #[response(status = 429, description = "Over the request rate, or too many open streams (`Retry-After`)")]
+    Limited(ErrorBody<'static>),
+    #[response(status = 503, description = "A store is unavailable (`Retry-After`)")]
+    Unavailable(ErrorBody<'static>),
+}
+
 /// Drafts report text from the user's documents (streamed).
 #[utoipa::path(
     post,
@@ -214,13 +235,7 @@ fn text(field: &str, value: String, max: usize) -> ApiResult<String> {
     request_body = GenerateBody,
     responses(
         (status = 200, response = EventStream),
-        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 409, description = "An answer in this session is still running (`session_busy`)", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "A missing, blank or too long field, or an invalid id", body = ErrorBody),
-        (status = 429, description = "Over the request rate, or too many open streams (`Retry-After`)", body = ErrorBody),
-        (status = 503, description = "A store is unavailable (`Retry-After`)", body = ErrorBody),
+        TurnRefused,
     ),
 )]
 async fn generate(
@@ -260,13 +275,7 @@ async fn generate(
     request_body = OptimizeBody,
     responses(
         (status = 200, response = EventStream),
-        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 409, description = "An answer in this session is still running (`session_busy`)", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "A missing, blank or too long field, or an invalid id", body = ErrorBody),
-        (status = 429, description = "Over the request rate, or too many open streams (`Retry-After`)", body = ErrorBody),
-        (status = 503, description = "A store is unavailable (`Retry-After`)", body = ErrorBody),
+        TurnRefused,
     ),
 )]
 async fn optimize(
@@ -293,13 +302,7 @@ async fn optimize(
     request_body = SearchBody,
     responses(
         (status = 200, response = EventStream),
-        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 409, description = "An answer in this session is still running (`session_busy`)", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "A missing, blank or too long field, or an invalid id", body = ErrorBody),
-        (status = 429, description = "Over the request rate, or too many open streams (`Retry-After`)", body = ErrorBody),
-        (status = 503, description = "A store is unavailable (`Retry-After`)", body = ErrorBody),
+        TurnRefused,
     ),
 )]
 async fn search(

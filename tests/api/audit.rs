@@ -6,6 +6,26 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Settings, TestProcess, TestRedis, binary};
 
+/// A process on Redis (logging in `format`), with an admin logged in.
+async fn with_admin(redis: &TestRedis, dir: &std::path::Path, format: &str) -> (TestProcess, String) {
+    let settings = Settings::new(dir).with_redis(redis).set("LOG_FORMAT", format);
+    let p = TestProcess::start(&settings, dir, format).await;
+    let token = admin_token(&settings, dir, &p).await;
+    (p, token)
+}
+
+/// `PUT /admin/flags` with `body`, as the request `request_id` when given.
+async fn put_flags(p: &TestProcess, token: &str, request_id: Option<&str>, body: Value) -> reqwest::Response {
+    let c = &p.client;
+    let mut r = c.http.put(c.url("/admin/flags")).bearer_auth(token).json(&body);
+    if let Some(id) = request_id {
+        r = r.header("x-request-id", id);
+    }
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r
+}
+
 async fn admin_token(settings: &Settings, dir: &std::path::Path, p: &TestProcess) -> String {
     let out = std::process::Command::new(binary())
         .args(["user", "add", "--admin", "auditor"])
@@ -23,31 +43,11 @@ async fn admin_token(settings: &Settings, dir: &std::path::Path, p: &TestProcess
 async fn flag_changes_are_logged_with_who_and_what_and_the_request_id() {
     let redis = TestRedis::start().await;
     let dir = tempfile::TempDir::new().unwrap();
-    let settings = Settings::new(dir.path()).with_redis(&redis).set("LOG_FORMAT", "json");
-    let p = TestProcess::start(&settings, dir.path(), "audit").await;
-    let token = admin_token(&settings, dir.path(), &p).await;
-    let c = &p.client;
-    let r = c
-        .http
-        .put(c.url("/admin/flags"))
-        .bearer_auth(&token)
-        .header("x-request-id", "audit-req-42")
-        .json(&json!({"REDIS_CACHE_ENABLED": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (p, token) = with_admin(&redis, dir.path(), "json").await;
+    let r = put_flags(&p, &token, Some("audit-req-42"), json!({"REDIS_CACHE_ENABLED": false})).await;
     assert_eq!(r.headers()["x-request-id"], "audit-req-42", "the proxy's id is kept");
     // A request without one gets a fresh id, which its log lines carry.
-    let r = c
-        .http
-        .put(c.url("/admin/flags"))
-        .bearer_auth(&token)
-        .json(&json!({"REDIS_CACHE_ENABLED": null}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = put_flags(&p, &token, None, json!({"REDIS_CACHE_ENABLED": null})).await;
     let fresh = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(fresh.len(), 36, "a UUID: {fresh}");
 
@@ -74,20 +74,8 @@ async fn flag_changes_are_logged_with_who_and_what_and_the_request_id() {
 async fn text_log_lines_carry_the_request_id() {
     let redis = TestRedis::start().await;
     let dir = tempfile::TempDir::new().unwrap();
-    let settings = Settings::new(dir.path()).with_redis(&redis);
-    let p = TestProcess::start(&settings, dir.path(), "text").await;
-    let token = admin_token(&settings, dir.path(), &p).await;
-    let c = &p.client;
-    let r = c
-        .http
-        .put(c.url("/admin/flags"))
-        .bearer_auth(&token)
-        .header("x-request-id", "text-req-8")
-        .json(&json!({"REDIS_RATE_LIMIT_ENABLED": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (p, token) = with_admin(&redis, dir.path(), "text").await;
+    put_flags(&p, &token, Some("text-req-8"), json!({"REDIS_RATE_LIMIT_ENABLED": false})).await;
     let log = p.read_log();
     let line = log.lines().find(|l| l.contains("run-time flag changed")).unwrap_or_else(|| panic!("{log}"));
     for part in ["request_id=text-req-8", "by=auditor", "flag=\"REDIS_RATE_LIMIT_ENABLED\"", "effective_after=\"off\""]
