@@ -255,6 +255,14 @@ impl Database {
         Ok(())
     }
 
+    /// The jobs `me` holds that came from the shared stream.
+    pub async fn held_stream_jobs(&self, me: &str) -> Result<Vec<JobRef>, sqlx::Error> {
+        sqlx::query_as("SELECT user_id, task_id FROM staged_uploads WHERE claimed_by = $1 AND queue = 'redis'")
+            .bind(me)
+            .fetch_all(self.pool())
+            .await
+    }
+
     /// Lets go of every job `me` holds (on shutdown).
     pub async fn release_jobs(&self, me: &str) -> Result<u64, sqlx::Error> {
         let done = sqlx::query("UPDATE staged_uploads SET claimed_by = NULL, lease_until = 0 WHERE claimed_by = $1")

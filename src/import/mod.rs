@@ -349,11 +349,25 @@ impl ImportService {
     pub async fn drain(&self, grace: Duration) -> bool {
         self.workers.close();
         let finished = tokio::time::timeout(grace, self.workers.wait()).await.is_ok();
+        // Jobs from the shared stream stay pending under this instance's
+        // consumer until they have been idle for the heartbeat timeout: each
+        // is added to the stream again, so that another instance reads it
+        // at once (the old entry, claimed later, finds the job taken or
+        // done and is acknowledged).
+        let from_stream = self.db.held_stream_jobs(&self.instance).await.unwrap_or_default();
         match self.db.release_jobs(&self.instance).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "handed imports back to the queue"),
             Err(e) => {
                 tracing::warn!(error = %e, "imports not handed back; they are taken over after the heartbeat timeout")
+            }
+        }
+        if let Some(redis) = self.queue.stream() {
+            for job in from_stream {
+                let (Ok(user), Ok(task)) = (UserId::parse(&job.user_id), TaskId::parse(&job.task_id)) else { continue };
+                if let Err(e) = self.queue.push_stream(redis, &user, &task).await {
+                    tracing::warn!(%task, error = %e, "import not queued again; it is taken over after the heartbeat timeout");
+                }
             }
         }
         self.heartbeat.cancel();

@@ -255,3 +255,39 @@ async fn two_instances_are_one_service_for_search_and_conversations() {
     let draft = messages[3]["content"].as_str().unwrap();
     assert!(draft.contains("火星是太阳系的第四颗行星") && draft.contains("[1]"), "B drafts from A's import: {draft}");
 }
+
+/// SIGTERM during an import whose grace period is too short for it: the
+/// stopping instance hands the job back (released in the database, queued
+/// again on the shared stream), and the other instance takes it at once
+/// and finishes it, long before the heartbeat timeout would have let it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_a_running_import_to_the_other_instance() {
+    let redis = TestRedis::start().await;
+    let dir = TempDir::new().unwrap();
+    let settings = Settings::new(dir.path())
+        .with_redis(&redis)
+        .set("IMPORT_STAGE_DELAY_MS", "3000")
+        .set("IMPORT_HEARTBEAT_TIMEOUT_SECONDS", "120")
+        .set("SHUTDOWN_GRACE_SECONDS", "1");
+    let mut a = TestProcess::start(&settings, dir.path(), "a").await;
+    let token = a.client.user("handover").await;
+    let task = a.client.import(&token, "a.txt", sample_text()).await;
+    let c = a.client.clone();
+    eventually(Duration::from_secs(20), "A runs the import", || async {
+        c.status(&token, &task).await.1["status"] == "processing"
+    })
+    .await;
+    let b = TestProcess::start(&settings, dir.path(), "b").await;
+    let status = tokio::task::block_in_place(|| a.terminate(Duration::from_secs(30))).expect("A exits");
+    assert!(status.success(), "{}", a.read_log());
+    assert!(a.read_log().contains("handed imports back to the queue"), "{}", a.read_log());
+    let stopped = std::time::Instant::now();
+    let c = b.client.clone();
+    eventually(Duration::from_secs(30), "B finishes the import", || async {
+        c.status(&token, &task).await.1["status"] == "completed"
+    })
+    .await;
+    assert!(stopped.elapsed() < Duration::from_secs(60), "taken over at once, not after the heartbeat timeout");
+    let documents = b.client.json(&token, "/documents").await;
+    assert_eq!(documents["total"], 1, "imported once: {documents}");
+}
