@@ -318,6 +318,8 @@ async fn a_parse_that_needs_too_much_memory_is_stopped() {
     assert_eq!(done["status"], "failed", "{done}");
     assert!(done["error"].as_str().unwrap().contains("memory"), "{done}");
     assert!(live_parse_workers(size).is_empty());
+    let metrics = c.http.get(c.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"reportd_parse_workers_killed_total{reason="memory"}"#), "counted in /metrics");
     assert_eq!(c.readyz().await.0, 200);
     assert_eq!(
         c.wait_done(&token, &c.import(&token, "small.txt", "one line".into()).await).await["status"],

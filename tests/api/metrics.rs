@@ -13,7 +13,7 @@ use crate::helpers::{TestApp, TestRedis, sample_text};
 use crate::sse::SseReader;
 
 /// Metrics whose series appear only on events a short test does not cause
-/// (a parse worker killed for time or memory: `bad_files.rs` covers it).
+/// (a parse worker killed for time or memory: `durability.rs` checks it).
 const ON_RARE_EVENTS: &[&str] = &["reportd_parse_workers_killed_total"];
 
 /// One sample line: the metric family (a histogram's `_bucket`, `_sum`,
