@@ -63,7 +63,12 @@ pub struct RedisBackend {
     command_timeout: Duration,
 }
 
-/// A failure that says nothing about the data, only that Redis is not there.
+/// A failure that says nothing about the data, only that Redis is not there
+/// (for now): the connection, a timeout, or a server that cannot take the
+/// command at the moment — loading its data, a replica (`READONLY`: a
+/// demoted master after a failover), a master without its replicas, a
+/// cluster that is down or resharding. These go through the breaker and the
+/// fallback; they are never a 500.
 fn is_unavailability(e: &redis::RedisError) -> bool {
     use redis::ErrorKind;
     e.is_io_error()
@@ -77,6 +82,7 @@ fn is_unavailability(e: &redis::RedisError) -> bool {
                 | ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
                 | ErrorKind::Server(redis::ServerErrorKind::MasterDown)
                 | ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+                | ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
                 | ErrorKind::AuthenticationFailed
         )
 }
@@ -162,12 +168,33 @@ impl RedisBackend {
         }
     }
 
-    /// One PING, ignoring the breaker; closes or opens it by the result.
+    /// One `ROLE`, ignoring the breaker; closes or opens it by the result.
+    /// A server that answers but is a replica (a demoted master) cannot take
+    /// writes: it counts as down, or the breaker would close on every probe
+    /// and trip again on every write.
     pub async fn probe(&self) -> bool {
         let mut conn = self.conn.clone();
-        let ping = async move { redis::cmd("PING").query_async::<String>(&mut conn).await };
-        match tokio::time::timeout(self.command_timeout, ping).await {
-            Ok(Ok(_)) => {
+        let role = async move { redis::cmd("ROLE").query_async::<redis::Value>(&mut conn).await };
+        match tokio::time::timeout(self.command_timeout, role).await {
+            Ok(Ok(value)) => {
+                let first = match &value {
+                    redis::Value::Array(items) => items.first().and_then(|v| match v {
+                        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                        redis::Value::SimpleString(s) => Some(s.clone()),
+                        _ => None,
+                    }),
+                    _ => None,
+                };
+                if first.as_deref().is_some_and(|role| role != "master") {
+                    self.breaker.trip("the server is a replica");
+                    return false;
+                }
+                self.breaker.close();
+                true
+            }
+            // A server that does not allow ROLE (renamed, or an ACL) but
+            // answers is up.
+            Ok(Err(e)) if !is_unavailability(&e) => {
                 self.breaker.close();
                 true
             }

@@ -541,3 +541,29 @@ async fn metrics_report_backends_and_requests() {
     }
     assert!(text.contains(r#"reportd_http_requests_total{method="GET",route="/documents",status="200"}"#), "{text}");
 }
+
+/// A Redis that has become a replica (a demoted master after a failover)
+/// answers writes with `READONLY`, and its `ROLE` says so: that is Redis
+/// being unavailable for now, not a refused command. Writes go to the
+/// fallback (never a 500), the import completes and is polled, and
+/// `/readyz` says Redis is not connected and the feature is degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_replica_is_an_outage_not_an_error() {
+    let redis = TestRedis::start().await;
+    let mut conn = redis.conn().await;
+    let dead_master = crate::helpers::free_port();
+    let _: () = redis::cmd("REPLICAOF").arg("127.0.0.1").arg(dead_master).query_async(&mut conn).await.unwrap();
+    let t = TestApp::spawn(|s| s.with_redis(&redis)).await;
+    let c = &t.client;
+    let token = c.user("readonly").await;
+    let task = c.import(&token, "a.txt", sample_text()).await;
+    let done = c.wait_done(&token, &task).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (code, ready) = c.readyz().await;
+    assert_eq!(code, 200, "{ready}");
+    assert_eq!(ready["features"]["task_status"]["degraded"], true, "{ready}");
+    assert_eq!(ready["redis"]["connected"], false, "the health probe sees a replica: {ready}");
+    // Every answer was a success (a refused command would have been a 500).
+    assert_eq!(c.status(&token, &task).await.0, 200);
+    assert_eq!(c.json(&token, "/documents").await["total"], 1);
+}
