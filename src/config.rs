@@ -457,12 +457,12 @@ impl Config {
     }
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
 fn parse_proxies(raw: &str) -> Result<TrustedProxies, String> {
     raw.parse()
 }
 
-fn percent_encode(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub(crate) fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -227,7 +227,7 @@ fn secrets(config: &Config) -> Vec<String> {
     }
     let mut out = Vec::new();
     for secret in raw {
-        for form in [percent_decode(&secret), percent_encode(&secret), secret] {
+        for form in [percent_decode(&secret), crate::config::percent_encode(&secret), secret] {
             if form.chars().count() >= 4 && !out.contains(&form) {
                 out.push(form);
             }
@@ -249,18 +249,6 @@ fn scrub_value(value: &mut Value, secrets: &[String]) {
         Value::Object(map) => map.values_mut().for_each(|v| scrub_value(v, secrets)),
         _ => {}
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn percent_decode(s: &str) -> String {
