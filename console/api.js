@@ -73,11 +73,11 @@ function handle401(res, hadToken) {
 }
 
 /**
- * Send a request to the service. `json` becomes a JSON body, `body` is sent
- * as is (FormData). Answers the parsed JSON (or null for 204), throws
- * ApiError otherwise; network failures throw ApiError with status 0.
+ * Send a request with the tab's token (when `auth`) and `accept`; resolves
+ * to the response when it is 2xx, else throws its ApiError (a 401 also
+ * returns to the login form).
  */
-export async function request(path, { method = 'GET', json, body, headers = {}, auth = true, signal } = {}) {
+async function send(path, { method = 'GET', json, body, headers = {}, auth = true, signal, accept }) {
   const h = new Headers(headers);
   const token = auth ? getToken() : null;
   if (token) h.set('Authorization', `Bearer ${token}`);
@@ -85,7 +85,7 @@ export async function request(path, { method = 'GET', json, body, headers = {}, 
     h.set('Content-Type', 'application/json');
     body = JSON.stringify(json);
   }
-  h.set('Accept', 'application/json');
+  h.set('Accept', accept);
   let res;
   try {
     res = await fetch(path, { method, headers: h, body, signal, cache: 'no-store' });
@@ -97,6 +97,16 @@ export async function request(path, { method = 'GET', json, body, headers = {}, 
     handle401(res, !!token);
     throw await errorOf(res);
   }
+  return res;
+}
+
+/**
+ * Send a request to the service. `json` becomes a JSON body, `body` is sent
+ * as is (FormData). Answers the parsed JSON (or null for 204), throws
+ * ApiError otherwise; network failures throw ApiError with status 0.
+ */
+export async function request(path, options = {}) {
+  const res = await send(path, { ...options, accept: 'application/json' });
   if (res.status === 204) return null;
   const text = await res.text();
   return text ? JSON.parse(text) : null;
@@ -108,26 +118,7 @@ export async function request(path, { method = 'GET', json, body, headers = {}, 
  * server closes the stream. Throws ApiError when the answer is not 200.
  */
 export async function stream(path, { method = 'GET', json, headers = {}, signal, onEvent }) {
-  const h = new Headers(headers);
-  const token = getToken();
-  if (token) h.set('Authorization', `Bearer ${token}`);
-  h.set('Accept', 'text/event-stream');
-  let body;
-  if (json !== undefined) {
-    h.set('Content-Type', 'application/json');
-    body = JSON.stringify(json);
-  }
-  let res;
-  try {
-    res = await fetch(path, { method, headers: h, body, signal, cache: 'no-store' });
-  } catch (e) {
-    if (e.name === 'AbortError') throw e;
-    throw new ApiError(0, '', 'network');
-  }
-  if (!res.ok) {
-    handle401(res, !!token);
-    throw await errorOf(res);
-  }
+  const res = await send(path, { method, json, headers, signal, accept: 'text/event-stream' });
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = '';
   let ev = { event: 'message', data: [], id: null };

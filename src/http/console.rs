@@ -72,7 +72,7 @@ async fn index(headers: HeaderMap) -> Response {
     };
     let html = String::from_utf8_lossy(&file.data).replace("{{version}}", version());
     let etag = format!("\"{}\"", version());
-    respond(&headers, html.into_bytes(), "text/html; charset=utf-8", &etag, "no-cache")
+    respond(&headers, html.into(), "text/html; charset=utf-8", &etag, "no-cache")
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -110,10 +110,15 @@ async fn asset(Path(path): Path<String>, Query(q): Query<AssetQuery>, headers: H
     } else {
         mime.to_owned()
     };
-    respond(&headers, file.data.into_owned(), &mime, &etag, cache)
+    // A release build's files are static: served without a copy.
+    let body = match file.data {
+        std::borrow::Cow::Borrowed(bytes) => bytes::Bytes::from_static(bytes),
+        std::borrow::Cow::Owned(bytes) => bytes.into(),
+    };
+    respond(&headers, body, &mime, &etag, cache)
 }
 
-fn respond(request: &HeaderMap, body: Vec<u8>, mime: &str, etag: &str, cache: &'static str) -> Response {
+fn respond(request: &HeaderMap, body: bytes::Bytes, mime: &str, etag: &str, cache: &'static str) -> Response {
     let fresh = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

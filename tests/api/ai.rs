@@ -63,11 +63,7 @@ fn tool_names(request: &Value) -> Vec<String> {
 }
 
 fn with_llm(s: Settings, llm: &FakeLlm) -> Settings {
-    s.set("LLM_BASE_URL", &llm.base_url)
-        .set("LLM_API_KEY", "sk-test-secret-key")
-        .set("LLM_MODEL", "fake-model")
-        .set("LLM_RETRY_BASE_MS", "20")
-        .set("AI_DELTA_INTERVAL_MS", "20")
+    s.with_llm(&llm.base_url)
 }
 
 /// Two instances of one service (one Redis, one database) on one fake model.
@@ -279,15 +275,7 @@ async fn the_lock_of_a_killed_instance_expires() {
     assert_eq!(r.status(), 409, "the dead instance's lease is still there");
     // A client resuming the dead instance's answer is told it is lost once
     // the answer's lease has expired, not left waiting.
-    let r = b
-        .client
-        .http
-        .get(b.client.url(&format!("/ai/streams/{stream_id}")))
-        .bearer_auth(&token)
-        .header("Last-Event-ID", delta.id.unwrap().to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = b.client.resume(&token, &stream_id, delta.id.unwrap()).await;
     assert_eq!(r.status(), 200);
     let rest = SseReader::new(r).rest().await;
     assert_eq!(rest.len(), 1, "{rest:?}");
@@ -425,15 +413,7 @@ async fn a_stream_resumes_on_the_other_instance() {
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap(), snooped);
 
-    let r = b
-        .client
-        .http
-        .get(b.client.url(&format!("/ai/streams/{stream_id}")))
-        .bearer_auth(&token)
-        .header("Last-Event-ID", last_id.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = b.client.resume(&token, &stream_id, last_id).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let rest = SseReader::new(r).rest().await;
@@ -878,15 +858,7 @@ async fn sigterm_mid_answer_the_client_resumes_on_the_other_instance() {
     );
     seen.extend(rest);
     let last_id = seen.last().unwrap().id.unwrap();
-    let r = b
-        .client
-        .http
-        .get(b.client.url(&format!("/ai/streams/{stream_id}")))
-        .bearer_auth(&token)
-        .header("Last-Event-ID", last_id.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = b.client.resume(&token, &stream_id, last_id).await;
     assert_eq!(r.status(), 200);
     let resumed = SseReader::new(r).rest().await;
     assert_eq!(resumed.last().map(|e| e.event.as_str()), Some("done"), "{resumed:?}");

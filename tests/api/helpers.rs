@@ -230,6 +230,16 @@ impl Settings {
             .set("REDIS_RATE_LIMIT_ENABLED", "1")
     }
 
+    /// The model at `base_url` (a `FakeLlm`'s), with a test key, fast
+    /// retries and fast delta merging.
+    pub fn with_llm(self, base_url: &str) -> Self {
+        self.set("LLM_BASE_URL", base_url)
+            .set("LLM_API_KEY", "sk-test-secret-key")
+            .set("LLM_MODEL", "fake-model")
+            .set("LLM_RETRY_BASE_MS", "20")
+            .set("AI_DELTA_INTERVAL_MS", "20")
+    }
+
     pub fn set(mut self, name: &str, value: &str) -> Self {
         self.0.insert(name.into(), value.into());
         self
@@ -512,6 +522,18 @@ impl Client {
         let r = self.register(username, "correct horse battery").await;
         assert_eq!(r.status(), 201, "register {username}");
         self.login(username, "correct horse battery").await
+    }
+
+    /// `GET /ai/streams/{stream_id}` with `Last-Event-ID: last_id`: resumes
+    /// an answer after the last event the client had.
+    pub async fn resume(&self, token: &str, stream_id: &str, last_id: u64) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/ai/streams/{stream_id}")))
+            .bearer_auth(token)
+            .header("Last-Event-ID", last_id.to_string())
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {

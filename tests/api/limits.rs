@@ -100,8 +100,7 @@ async fn a_killed_holder_frees_its_slot_when_its_lease_expires() {
     let dir = TempDir::new().unwrap();
     let settings = Settings::new(dir.path())
         .with_redis(&redis)
-        .set("LLM_BASE_URL", &llm.base_url)
-        .set("LLM_MODEL", "fake")
+        .with_llm(&llm.base_url)
         .set("LLM_IDLE_TIMEOUT_SECONDS", "120")
         .set("LIMIT_SSE_PER_USER", "1")
         .set("LIMIT_LEASE_SECONDS", "3");
@@ -321,10 +320,7 @@ async fn login_guessing_is_slowed_per_address_and_per_name() {
 async fn open_streams_are_limited_and_released_when_the_client_goes() {
     let llm = FakeLlm::start().await;
     let t = TestApp::spawn(|s| {
-        s.set("LLM_BASE_URL", &llm.base_url)
-            .set("LLM_MODEL", "fake")
-            .set("LLM_IDLE_TIMEOUT_SECONDS", "120")
-            .set("LIMIT_SSE_PER_USER", "2")
+        s.with_llm(&llm.base_url).set("LLM_IDLE_TIMEOUT_SECONDS", "120").set("LIMIT_SSE_PER_USER", "2")
     })
     .await;
     let c = &t.client;

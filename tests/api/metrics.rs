@@ -52,12 +52,7 @@ async fn a_mixed_workload_shows_every_metric_with_bounded_labels() {
     let (llm, searx) = (FakeLlm::start().await, FakeSearx::start().await);
     let (llm_url, searx_url) = (llm.base_url.clone(), searx.base_url.clone());
     let t = TestApp::spawn(|s| {
-        s.with_redis(&redis)
-            .set("LLM_BASE_URL", &llm_url)
-            .set("LLM_API_KEY", "sk-metrics")
-            .set("LLM_MODEL", "fake-model")
-            .set("LLM_MAX_RETRIES", "0")
-            .set("SEARCH_URL", &searx_url)
+        s.with_redis(&redis).with_llm(&llm_url).set("LLM_MAX_RETRIES", "0").set("SEARCH_URL", &searx_url)
     })
     .await;
     let c = &t.client;

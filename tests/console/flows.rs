@@ -15,14 +15,7 @@ async fn service(redis: &TestRedis, llm: &FakeLlm, searx: &FakeSearx, extra: &[(
     let mut extra: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let (base, search) = (llm.base_url.clone(), searx.base_url.clone());
     TestApp::spawn(move |s| {
-        let mut s = s
-            .with_redis(redis)
-            .set("LLM_BASE_URL", &base)
-            .set("LLM_API_KEY", "sk-console-test")
-            .set("LLM_MODEL", "fake-model")
-            .set("LLM_MAX_RETRIES", "0")
-            .set("SEARCH_URL", &search)
-            .set("AI_DELTA_INTERVAL_MS", "20");
+        let mut s = s.with_redis(redis).with_llm(&base).set("LLM_MAX_RETRIES", "0").set("SEARCH_URL", &search);
         for (k, v) in extra.drain(..) {
             s = s.set(&k, &v);
         }

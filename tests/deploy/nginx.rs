@@ -118,13 +118,8 @@ impl Stack {
         let redis = TestRedis::start().await;
         let llm = FakeLlm::start().await;
         let dir = TempDir::new().unwrap();
-        let settings = Settings::new(dir.path())
-            .with_redis(&redis)
-            .set("LLM_BASE_URL", &llm.base_url)
-            .set("LLM_API_KEY", "sk-test")
-            .set("LLM_MODEL", "fake-model")
-            .set("AI_DELTA_INTERVAL_MS", "20")
-            .set("TRUSTED_PROXIES", "127.0.0.1");
+        let settings =
+            Settings::new(dir.path()).with_redis(&redis).with_llm(&llm.base_url).set("TRUSTED_PROXIES", "127.0.0.1");
         let settings = configure(settings);
         let a = TestProcess::start(&settings, dir.path(), "a").await;
         let b = TestProcess::start(&settings, dir.path(), "b").await;
@@ -187,15 +182,7 @@ async fn sse_passes_through_nginx_unbuffered_and_resumes_on_either_replica() {
     let stream_id = start.data["stream_id"].as_str().unwrap().to_owned();
     let last_id = first.id.unwrap();
     for replica in [&stack.a, &stack.b] {
-        let r = replica
-            .client
-            .http
-            .get(replica.client.url(&format!("/ai/streams/{stream_id}")))
-            .bearer_auth(&token)
-            .header("Last-Event-ID", last_id.to_string())
-            .send()
-            .await
-            .unwrap();
+        let r = replica.client.resume(&token, &stream_id, last_id).await;
         assert_eq!(r.status(), 200);
         let rest = SseReader::new(r).rest().await;
         assert_eq!(rest[0].id, Some(last_id + 1), "resumed right after the last event the client had");
@@ -205,14 +192,7 @@ async fn sse_passes_through_nginx_unbuffered_and_resumes_on_either_replica() {
         assert_eq!(text_of(&all), chunks.concat(), "every delta exactly once, in order, on port {}", replica.port);
     }
     // Resuming through nginx works too.
-    let r = via
-        .http
-        .get(via.url(&format!("/ai/streams/{stream_id}")))
-        .bearer_auth(&token)
-        .header("Last-Event-ID", last_id.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = via.resume(&token, &stream_id, last_id).await;
     let rest = SseReader::new(r).rest().await;
     assert_eq!(rest.last().unwrap().event, "done");
 
