@@ -14,7 +14,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::keys::KeySpace;
 use crate::net::TrustedProxies;
-use crate::state::{FallbackMode, Flag, RedisSettings};
+use crate::state::{FallbackMode, Flag, RedisSettings, RedisTopology};
 
 #[derive(Debug, Parser)]
 #[command(name = "reportd", version, about = "Backend of an AI report-writing application")]
@@ -108,6 +108,21 @@ pub struct Config {
     /// Redis database number.
     #[arg(long, env = "REDIS_DB", default_value_t = 0)]
     pub redis_db: u32,
+    /// Redis Sentinels (`host:port`, comma-separated): the master is found
+    /// through them, and found again after a failover. Replaces REDIS_HOST;
+    /// REDIS_PASSWORD and REDIS_DB (or REDIS_URL's) apply to the master and replicas.
+    #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+    /// The name the sentinels monitor the master under.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub redis_sentinel_master: String,
+    /// The sentinels' own password (their `requirepass`), when they have one.
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
+    /// Seed nodes of a Redis Cluster (`host:port`, comma-separated). Replaces
+    /// REDIS_HOST; REDIS_PASSWORD (or REDIS_URL's) applies to every node.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", value_delimiter = ',')]
+    pub redis_cluster_nodes: Vec<String>,
     /// First part of every Redis key.
     #[arg(long, env = "REDIS_PREFIX", default_value = "langextract")]
     pub redis_prefix: String,
@@ -343,8 +358,31 @@ impl Config {
         }
         anyhow::ensure!(
             !self.redis_enabled || self.redis_settings().is_some(),
-            "REDIS_ENABLED=1 needs REDIS_URL or REDIS_HOST"
+            "REDIS_ENABLED=1 needs REDIS_URL, REDIS_HOST, REDIS_SENTINELS or REDIS_CLUSTER_NODES"
         );
+        anyhow::ensure!(
+            self.redis_sentinels.iter().all(|n| n.trim().is_empty())
+                || self.redis_cluster_nodes.iter().all(|n| n.trim().is_empty()),
+            "REDIS_SENTINELS and REDIS_CLUSTER_NODES exclude each other: a cluster fails over by itself"
+        );
+        for (name, list) in
+            [("REDIS_SENTINELS", &self.redis_sentinels), ("REDIS_CLUSTER_NODES", &self.redis_cluster_nodes)]
+        {
+            for node in list.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+                let valid = node
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                anyhow::ensure!(valid, "{name}: `{node}` is not host:port");
+            }
+        }
+        if let Some(settings) = self.redis_settings()
+            && matches!(settings.topology, RedisTopology::Cluster { .. })
+        {
+            let db = redis::IntoConnectionInfo::into_connection_info(settings.url.as_str())
+                .map(|info| info.redis_settings().db())
+                .map_err(|e| anyhow::anyhow!("invalid Redis connection settings: {e}"))?;
+            anyhow::ensure!(db == 0, "a Redis Cluster has only database 0 (REDIS_DB or REDIS_URL says {db})");
+        }
         anyhow::ensure!(self.max_upload_mb >= 1, "MAX_UPLOAD_MB must be at least 1");
         for (name, rate) in [
             ("LIMIT_POLLS_PER_SEC", self.limit_polls_per_sec),
@@ -422,20 +460,44 @@ impl Config {
     }
 
     /// The Redis client settings, when Redis connection settings are given.
+    /// With sentinels or cluster nodes, the URL (REDIS_URL, or one built from
+    /// REDIS_PASSWORD and REDIS_DB on the first node) only carries the
+    /// credentials and database; the addresses come from the topology.
     pub fn redis_settings(&self) -> Option<RedisSettings> {
-        let url = match (&self.redis_url, &self.redis_host) {
-            (Some(url), _) if !url.is_empty() => url.clone(),
-            (_, Some(host)) if !host.is_empty() => {
-                let auth = match &self.redis_password {
-                    Some(pw) if !pw.is_empty() => format!(":{}@", percent_encode(pw)),
-                    _ => String::new(),
-                };
-                format!("redis://{auth}{host}:{}/{}", self.redis_port, self.redis_db)
+        let nodes = |list: &[String]| -> Vec<String> {
+            list.iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect()
+        };
+        let (sentinels, cluster) = (nodes(&self.redis_sentinels), nodes(&self.redis_cluster_nodes));
+        let topology = if !cluster.is_empty() {
+            RedisTopology::Cluster { nodes: cluster }
+        } else if !sentinels.is_empty() {
+            RedisTopology::Sentinel {
+                sentinels,
+                master: self.redis_sentinel_master.clone(),
+                password: self.redis_sentinel_password.clone().filter(|p| !p.is_empty()),
             }
-            _ => return None,
+        } else {
+            RedisTopology::Single
+        };
+        let from_parts = |host: &str| {
+            let auth = match &self.redis_password {
+                Some(pw) if !pw.is_empty() => format!(":{}@", percent_encode(pw)),
+                _ => String::new(),
+            };
+            format!("redis://{auth}{host}:{}/{}", self.redis_port, self.redis_db)
+        };
+        let url = match (&self.redis_url, &self.redis_host, &topology) {
+            (Some(url), _, _) if !url.is_empty() => url.clone(),
+            (_, Some(host), RedisTopology::Single) if !host.is_empty() => from_parts(host),
+            (_, _, RedisTopology::Single) => return None,
+            (_, _, RedisTopology::Sentinel { sentinels: first, .. } | RedisTopology::Cluster { nodes: first }) => {
+                let (host, _) = first[0].rsplit_once(':').unwrap_or((first[0].as_str(), ""));
+                from_parts(host)
+            }
         };
         Some(RedisSettings {
             url,
+            topology,
             connect_timeout: Duration::from_millis(self.redis_connect_timeout_ms),
             command_timeout: Duration::from_millis(self.redis_command_timeout_ms),
             health_interval: Duration::from_millis(self.redis_health_interval_ms.max(50)),
@@ -499,6 +561,46 @@ mod tests {
         assert_eq!(c.redis_settings().unwrap().url, "redis://:p%40ss%3Aw%2Frd@cache:6380/2");
         let c = parse(&["--redis-url", "redis://x:1/0", "--redis-host", "ignored"]);
         assert_eq!(c.redis_settings().unwrap().url, "redis://x:1/0");
+    }
+
+    #[test]
+    fn sentinels_and_cluster_nodes_choose_the_topology_and_keep_the_credentials() {
+        let c = parse(&[
+            "--redis-sentinels",
+            "s1:26379, s2:26379,",
+            "--redis-sentinel-password",
+            "sp",
+            "--redis-password",
+            "p@ss",
+            "--redis-db",
+            "3",
+        ]);
+        let s = c.redis_settings().unwrap();
+        assert_eq!(
+            s.topology,
+            RedisTopology::Sentinel {
+                sentinels: vec!["s1:26379".into(), "s2:26379".into()],
+                master: "mymaster".into(),
+                password: Some("sp".into()),
+            }
+        );
+        assert_eq!(s.url, "redis://:p%40ss@s1:6379/3");
+        c.validate().unwrap();
+
+        let c = parse(&["--redis-cluster-nodes", "n1:7000,n2:7001", "--redis-password", "pw", "--redis-enabled", "1"]);
+        let s = c.redis_settings().unwrap();
+        assert_eq!(s.topology, RedisTopology::Cluster { nodes: vec!["n1:7000".into(), "n2:7001".into()] });
+        assert_eq!(s.url, "redis://:pw@n1:6379/0");
+        c.validate().unwrap();
+
+        let refused = |args: &[&str], words: &str| {
+            let e = parse(args).validate().unwrap_err().to_string();
+            assert!(e.contains(words), "{e}");
+        };
+        refused(&["--redis-cluster-nodes", "n1:7000", "--redis-db", "1"], "only database 0");
+        refused(&["--redis-cluster-nodes", "n1"], "not host:port");
+        refused(&["--redis-sentinels", "s1:0"], "not host:port");
+        refused(&["--redis-sentinels", "s1:1", "--redis-cluster-nodes", "n1:2"], "exclude each other");
     }
 
     #[test]

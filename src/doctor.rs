@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use redis::IntoConnectionInfo;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -31,7 +32,7 @@ use sqlx::migrate::Migrate;
 
 use crate::config::Config;
 use crate::keys::KeySpace;
-use crate::state::{Flag, Flags, RedisSettings};
+use crate::state::{Flag, Flags, RedisBackend, RedisSettings, RedisTopology, TopologyReport};
 
 /// Longest one network step (a connection, one command, one HTTP request)
 /// may take.
@@ -325,7 +326,7 @@ fn config_check(config: &Config) -> Check {
     let url = config.database_url();
     let database = describe_database(&url);
     let redis = match config.redis_settings() {
-        Some(s) => format!("Redis at {}", describe_redis(&s.url)),
+        Some(s) => format!("Redis: {}", describe_settings(&s)),
         None => "no Redis (every feature keeps its state in process memory)".to_owned(),
     };
     let (status, detail) = match config.validate() {
@@ -564,17 +565,24 @@ async fn redis_checks(config: &Config) -> (Vec<Check>, FlagSource) {
         .with("configured", json!(false));
         return (vec![check], FlagSource::NotConfigured);
     };
-    let (mut conn, detail) = match connect(&settings).await {
+    let (mut nodes, detail, topology) = match connect_nodes(&settings).await {
         Ok(connected) => connected,
         Err(error) => {
-            let detail = format!("{}: {error}", describe_redis(&settings.url));
+            let detail = format!("{}: {error}", describe_settings(&settings));
             let check = Check::new(S, "redis.connection", Status::Fail, detail).with("configured", json!(true));
             return (vec![check], FlagSource::Unreadable("Redis is not usable, see redis.connection".to_owned()));
         }
     };
     let mut checks = vec![Check::new(S, "redis.connection", Status::Ok, detail).with("configured", json!(true))];
-    checks.push(aof_check(&mut conn).await);
-    checks.push(eviction_check(&mut conn).await);
+    checks.push(topology);
+    let mut aof = Vec::new();
+    let mut eviction = Vec::new();
+    for (addr, conn) in &mut nodes {
+        aof.push((addr.clone(), aof_check(conn).await));
+        eviction.push((addr.clone(), eviction_check(conn).await));
+    }
+    checks.push(per_node(aof));
+    checks.push(per_node(eviction));
     let keys = match KeySpace::new(&config.redis_prefix, &config.app_env) {
         Ok(keys) => keys,
         Err(e) => {
@@ -583,20 +591,169 @@ async fn redis_checks(config: &Config) -> (Vec<Check>, FlagSource) {
         }
     };
     let base = format!("{}:{}", config.redis_prefix, config.app_env);
-    checks.extend(key_checks(&mut conn, &keys, &base).await);
-    let hash = command::<HashMap<String, String>>(&mut conn, redis::cmd("HGETALL").arg(keys.flags().as_str())).await;
-    let source = match hash {
-        Ok(hash) => FlagSource::Hash(hash),
-        Err(e) => FlagSource::Unreadable(e),
+    let mut conns: Vec<MultiplexedConnection> = nodes.iter().map(|(_, c)| c.clone()).collect();
+    checks.extend(key_checks(&mut conns, &keys, &base).await);
+    // The flags hash lives on one node of a cluster: read it through the
+    // service's own client, which routes it.
+    let source = match RedisBackend::new(&settings) {
+        Ok(backend) => match tokio::time::timeout(STEP_TIMEOUT, backend.hgetall(&keys.flags())).await {
+            Ok(Ok(hash)) => FlagSource::Hash(hash),
+            Ok(Err(e)) => FlagSource::Unreadable(e.to_string()),
+            Err(_) => FlagSource::Unreadable(format!("no answer within {} s", STEP_TIMEOUT.as_secs())),
+        },
+        Err(e) => FlagSource::Unreadable(e.to_string()),
     };
     (checks, source)
 }
 
-/// Connects with the service's URL (so password, database and scheme are
-/// handled as the service handles them), authenticates and pings.
-async fn connect(settings: &RedisSettings) -> Result<(MultiplexedConnection, String), String> {
-    let client =
-        redis::Client::open(settings.url.as_str()).map_err(|e| format!("invalid Redis connection settings: {e}"))?;
+/// Where the settings point, for messages (no secrets).
+fn describe_settings(settings: &RedisSettings) -> String {
+    match &settings.topology {
+        RedisTopology::Single => describe_redis(&settings.url),
+        RedisTopology::Sentinel { sentinels, master, .. } => {
+            format!("master `{master}` of the sentinels {}", sentinels.join(","))
+        }
+        RedisTopology::Cluster { nodes } => format!("the cluster seeded by {}", nodes.join(",")),
+    }
+}
+
+/// The servers that hold the data, connected: the server (single), the
+/// master the sentinels name, or every cluster master; with a description
+/// of the first and a check of the topology.
+async fn connect_nodes(
+    settings: &RedisSettings,
+) -> Result<(Vec<(String, MultiplexedConnection)>, String, Check), String> {
+    let info =
+        settings.url.as_str().into_connection_info().map_err(|e| format!("invalid Redis connection settings: {e}"))?;
+    if settings.topology == RedisTopology::Single {
+        let (conn, detail) = connect(info, &describe_redis(&settings.url)).await?;
+        let check = Check::new(
+            "redis",
+            "redis.topology",
+            Status::Ok,
+            "a single server: no failover (REDIS_SENTINELS \
+            or REDIS_CLUSTER_NODES give one)",
+        )
+        .with("mode", json!("single"));
+        return Ok((vec![(describe_redis(&settings.url), conn)], detail, check));
+    }
+    let backend = RedisBackend::new(settings).map_err(|e| e.to_string())?;
+    let probed = tokio::time::timeout(STEP_TIMEOUT, backend.probe()).await.unwrap_or(false);
+    let report = backend.topology();
+    let masters: Vec<String> = match &settings.topology {
+        RedisTopology::Cluster { .. } => report
+            .nodes
+            .iter()
+            .filter(|n| n.role == "master" && n.healthy && n.slots.unwrap_or(0) > 0)
+            .map(|n| n.addr.clone())
+            .collect(),
+        _ => report.master.iter().cloned().collect(),
+    };
+    if masters.is_empty() {
+        return Err(format!("no master found ({})", if probed { "the probe passed" } else { "the probe failed" }));
+    }
+    let mut nodes = Vec::new();
+    let mut detail = String::new();
+    for addr in &masters {
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("bad node address {addr}"))?;
+        let port: u16 = port.parse().map_err(|_| format!("bad node address {addr}"))?;
+        let mut redis = info.redis_settings().clone();
+        if matches!(settings.topology, RedisTopology::Cluster { .. }) {
+            redis = redis.set_db(0);
+        }
+        let node = redis::ConnectionAddr::Tcp(host.to_owned(), port)
+            .into_connection_info()
+            .map_err(|e| e.to_string())?
+            .set_redis_settings(redis);
+        let (conn, about) = connect(node, addr).await?;
+        if detail.is_empty() {
+            detail = about;
+        }
+        nodes.push((addr.clone(), conn));
+    }
+    Ok((nodes, detail, topology_check(&report, probed)))
+}
+
+/// Whether the deployment can fail over: a Sentinel master with a healthy
+/// replica, a cluster whose every slot is served and whose every master has
+/// a replica.
+fn topology_check(report: &TopologyReport, probed: bool) -> Check {
+    let replicas = report.nodes.iter().filter(|n| n.role == "replica").count();
+    let healthy_replicas = report.nodes.iter().filter(|n| n.role == "replica" && n.healthy).count();
+    let masters = report.nodes.iter().filter(|n| n.role == "master" && n.slots.unwrap_or(1) > 0).count();
+    let (status, detail) = match report.mode {
+        "sentinel" => {
+            let master = report.master.clone().unwrap_or_default();
+            if !probed {
+                (Status::Fail, format!("the sentinels name {master}, which does not answer as a master"))
+            } else if healthy_replicas == 0 {
+                (
+                    Status::Warn,
+                    format!("master {master} has no healthy replica ({replicas} listed): a failover has nowhere to go"),
+                )
+            } else {
+                (
+                    Status::Ok,
+                    format!("master {master} with {healthy_replicas} healthy replica(s), found through the sentinels"),
+                )
+            }
+        }
+        _ => {
+            let covered = report.slots_covered.unwrap_or(0);
+            let state = report.cluster_state.clone().unwrap_or_default();
+            if !probed || covered < crate::state::topology::CLUSTER_SLOTS {
+                (Status::Fail, format!("cluster_state {state}: {covered} of 16384 slots served by a healthy master"))
+            } else if replicas < masters {
+                (
+                    Status::Warn,
+                    format!("{masters} masters but {replicas} replicas: a master without one cannot fail over"),
+                )
+            } else {
+                (Status::Ok, format!("{masters} masters, {replicas} replicas, all 16384 slots served"))
+            }
+        }
+    };
+    Check::new("redis", "redis.topology", status, detail)
+        .lines(
+            report
+                .nodes
+                .iter()
+                .map(|n| {
+                    let slots = n.slots.map(|s| format!(" {s} slots")).unwrap_or_default();
+                    let health = if n.healthy { "" } else { " (failing)" };
+                    format!("{:<7} {}{slots}{health}", n.role, n.addr)
+                })
+                .collect(),
+        )
+        .with("mode", json!(report.mode))
+        .with("topology", json!(report))
+}
+
+/// One check made on several servers: the worst status, and each server's
+/// detail when they differ.
+fn per_node(mut checks: Vec<(String, Check)>) -> Check {
+    if checks.len() == 1 {
+        return checks.pop().expect("one").1;
+    }
+    let worst = checks.iter().map(|(_, c)| c.status).max().unwrap_or(Status::Ok);
+    let (_, first) = &checks[0];
+    let mut merged = Check::new(first.section, first.name, worst, String::new());
+    if checks.iter().all(|(_, c)| c.detail == first.detail) {
+        merged.detail = format!("{} (on all {} masters)", first.detail, checks.len());
+    } else {
+        merged.detail = format!("differs between the {} masters", checks.len());
+        merged.lines = checks.iter().map(|(addr, c)| format!("{addr}: {}", c.detail)).collect();
+    }
+    let nodes: Vec<Value> =
+        checks.iter().map(|(addr, c)| json!({"addr": addr, "status": c.status, "detail": c.detail})).collect();
+    merged.with("nodes", json!(nodes))
+}
+
+/// Connects with the service's connection settings (so password, database
+/// and scheme are handled as the service handles them), authenticates and
+/// pings; `name` says which server in messages.
+async fn connect(info: redis::ConnectionInfo, name: &str) -> Result<(MultiplexedConnection, String), String> {
+    let client = redis::Client::open(info).map_err(|e| format!("invalid Redis connection settings: {e}"))?;
     let options = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(STEP_TIMEOUT))
         .set_response_timeout(Some(STEP_TIMEOUT));
@@ -617,7 +774,7 @@ async fn connect(settings: &RedisSettings) -> Result<(MultiplexedConnection, Str
         .find_map(|l| l.strip_prefix("valkey_version:").or_else(|| l.strip_prefix("redis_version:")))
         .map(|v| format!("version {}", v.trim()))
         .unwrap_or_else(|| "version unknown".to_owned());
-    Ok((conn, format!("{} answers PING ({version}, {elapsed} ms)", describe_redis(&settings.url))))
+    Ok((conn, format!("{name} answers PING ({version}, {elapsed} ms)")))
 }
 
 async fn aof_check(conn: &mut MultiplexedConnection) -> Check {
@@ -708,11 +865,10 @@ struct Namespace {
 
 /// One pass of SCAN over `{base}:*`: the keys without a TTL, and keys and
 /// memory per namespace.
-async fn key_checks(conn: &mut MultiplexedConnection, keys: &KeySpace, base: &str) -> Vec<Check> {
+async fn key_checks(conns: &mut [MultiplexedConnection], keys: &KeySpace, base: &str) -> Vec<Check> {
     let flags_key = keys.flags().as_str().to_owned();
     let pattern = format!("{base}:*");
     let started = Instant::now();
-    let mut cursor = 0u64;
     let mut examined = 0usize;
     let mut stopped: Option<String> = None;
     let mut no_ttl: Vec<String> = Vec::new();
@@ -722,64 +878,70 @@ async fn key_checks(conn: &mut MultiplexedConnection, keys: &KeySpace, base: &st
     // still worth having without it.
     let mut memory = true;
     let mut error: Option<String> = None;
-    loop {
-        let (next, batch): (u64, Vec<String>) =
-            match command(conn, redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT))
-                .await
+    // Each cluster master answers SCAN for its own keys only.
+    'nodes: for conn in conns.iter_mut() {
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = match command(
+                conn,
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT),
+            )
+            .await
             {
                 Ok(page) => page,
                 Err(e) => {
                     error = Some(e);
-                    break;
+                    break 'nodes;
                 }
             };
-        if !batch.is_empty() {
-            let values = match inspect(conn, &batch, memory).await {
-                Ok(v) => v,
-                Err(_) if memory => {
-                    memory = false;
-                    match inspect(conn, &batch, false).await {
-                        Ok(v) => v,
-                        Err(e) => {
-                            error = Some(e);
-                            break;
+            if !batch.is_empty() {
+                let values = match inspect(conn, &batch, memory).await {
+                    Ok(v) => v,
+                    Err(_) if memory => {
+                        memory = false;
+                        match inspect(conn, &batch, false).await {
+                            Ok(v) => v,
+                            Err(e) => {
+                                error = Some(e);
+                                break 'nodes;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        error = Some(e);
+                        break 'nodes;
+                    }
+                };
+                for (key, (ttl, bytes)) in batch.into_iter().zip(values) {
+                    // -2: gone since the SCAN (a short-lived key expired).
+                    if ttl == -2 {
+                        continue;
+                    }
+                    examined += 1;
+                    let namespace = key.split(':').nth(2).unwrap_or("").to_owned();
+                    let entry = namespaces.entry(namespace).or_default();
+                    entry.keys += 1;
+                    entry.bytes += bytes.unwrap_or(0);
+                    if ttl == -1 && key != flags_key {
+                        no_ttl_count += 1;
+                        if no_ttl.len() < NO_TTL_SHOWN && !no_ttl.contains(&key) {
+                            no_ttl.push(key);
                         }
                     }
                 }
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
-            };
-            for (key, (ttl, bytes)) in batch.into_iter().zip(values) {
-                // -2: gone since the SCAN (a short-lived key expired).
-                if ttl == -2 {
-                    continue;
-                }
-                examined += 1;
-                let namespace = key.split(':').nth(2).unwrap_or("").to_owned();
-                let entry = namespaces.entry(namespace).or_default();
-                entry.keys += 1;
-                entry.bytes += bytes.unwrap_or(0);
-                if ttl == -1 && key != flags_key {
-                    no_ttl_count += 1;
-                    if no_ttl.len() < NO_TTL_SHOWN && !no_ttl.contains(&key) {
-                        no_ttl.push(key);
-                    }
-                }
             }
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-        if examined >= SCAN_MAX_KEYS {
-            stopped = Some(format!("stopped after {examined} keys (the limit is {SCAN_MAX_KEYS})"));
-            break;
-        }
-        if started.elapsed() >= SCAN_MAX_TIME {
-            stopped = Some(format!("stopped after {} s and {examined} keys", SCAN_MAX_TIME.as_secs()));
-            break;
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+            if examined >= SCAN_MAX_KEYS {
+                stopped = Some(format!("stopped after {examined} keys (the limit is {SCAN_MAX_KEYS})"));
+                break 'nodes;
+            }
+            if started.elapsed() >= SCAN_MAX_TIME {
+                stopped = Some(format!("stopped after {} s and {examined} keys", SCAN_MAX_TIME.as_secs()));
+                break 'nodes;
+            }
         }
     }
     if let Some(e) = error {

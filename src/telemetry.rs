@@ -14,7 +14,7 @@ use crate::config::LogFormat;
 /// Installs the tracing subscriber (`RUST_LOG`, default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info,redis=error"));
     // Colours only for a person at a terminal: a log file or a container's
     // log must not be full of escape codes.
     use std::io::IsTerminal;
@@ -102,6 +102,36 @@ pub const CATALOG: &[Metric] = &[
         "Times the circuit breaker opened (a timeout or a connection error); it closes when a probe succeeds.",
     ),
     m(
+        "reportd_redis_topology",
+        Gauge,
+        &["mode", "master"],
+        "1, labelled with how Redis is deployed (`single`, `sentinel`, `cluster`) and the master in use (single, sentinel).",
+    ),
+    m(
+        "reportd_redis_nodes",
+        Gauge,
+        &["role", "healthy"],
+        "Redis servers by role (`master`, `replica`) and health, as the last probe saw them (Sentinel, Cluster).",
+    ),
+    m(
+        "reportd_redis_cluster_slots_covered",
+        Gauge,
+        &[],
+        "Hash slots served by a healthy master (16384 when the cluster is whole; Cluster only).",
+    ),
+    m(
+        "reportd_redis_failovers_seen_total",
+        Counter,
+        &[],
+        "Changes of master this instance followed (Sentinel: a new master address; Cluster: a new set of masters).",
+    ),
+    m(
+        "reportd_redis_replica_reads_available",
+        Gauge,
+        &[],
+        "1 when reads can go to a replica while no master is reachable (Sentinel, Cluster, a replica answering).",
+    ),
+    m(
         "reportd_redis_command_duration_seconds",
         Histogram,
         &["op"],
@@ -125,6 +155,12 @@ pub const CATALOG: &[Metric] = &[
         Counter,
         &["feature", "op"],
         "Reads and writes served from memory because Redis was wanted but down.",
+    ),
+    m(
+        "reportd_state_replica_reads_total",
+        Counter,
+        &["feature"],
+        "Reads served by a Redis replica because no master was reachable and memory did not have the answer.",
     ),
     m(
         "reportd_feature_backend",

@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::App;
-use crate::state::{Feature, FeatureStatus};
+use crate::state::{Feature, FeatureStatus, TopologyReport};
 
 pub fn router() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
@@ -35,6 +35,13 @@ async fn healthz() -> Json<serde_json::Value> {
 struct RedisView {
     configured: bool,
     connected: bool,
+    /// How Redis is deployed and what the last health probe saw of it
+    /// (absent when Redis is not configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    topology: Option<TopologyReport>,
+    /// Reads of shared state can go to a replica now (Sentinel, Cluster).
+    replica_reads: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -66,7 +73,12 @@ impl App {
         let redis = self.state.redis();
         Readiness {
             status,
-            redis: RedisView { configured: redis.is_some(), connected: redis.is_some_and(|r| r.is_available()) },
+            redis: RedisView {
+                configured: redis.is_some(),
+                connected: redis.is_some_and(|r| r.is_available()),
+                topology: redis.map(|r| r.topology()),
+                replica_reads: redis.is_some_and(|r| r.replica().is_some()),
+            },
             database: DatabaseView { ok: database_ok },
             features,
         }
@@ -146,6 +158,25 @@ impl App {
         let redis_up = self.state.redis().is_some_and(|r| r.is_available());
         head(&mut out, "reportd_redis_up");
         let _ = writeln!(out, "reportd_redis_up {}", u8::from(redis_up));
+        if let Some(redis) = self.state.redis() {
+            let topology = redis.topology();
+            head(&mut out, "reportd_redis_topology");
+            let master = topology.master.as_deref().unwrap_or("");
+            let _ = writeln!(out, "reportd_redis_topology{{mode=\"{}\",master=\"{master}\"}} 1", topology.mode);
+            head(&mut out, "reportd_redis_nodes");
+            for role in ["master", "replica"] {
+                for healthy in [true, false] {
+                    let n = topology.nodes.iter().filter(|n| n.role == role && n.healthy == healthy).count();
+                    let _ = writeln!(out, "reportd_redis_nodes{{role=\"{role}\",healthy=\"{healthy}\"}} {n}");
+                }
+            }
+            if let Some(covered) = topology.slots_covered {
+                head(&mut out, "reportd_redis_cluster_slots_covered");
+                let _ = writeln!(out, "reportd_redis_cluster_slots_covered {covered}");
+            }
+            head(&mut out, "reportd_redis_replica_reads_available");
+            let _ = writeln!(out, "reportd_redis_replica_reads_available {}", u8::from(redis.replica().is_some()));
+        }
         head(&mut out, "reportd_memory_keys");
         let _ = writeln!(out, "reportd_memory_keys {}", self.state.memory().len());
         head(&mut out, "reportd_imports_in_flight");

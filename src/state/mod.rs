@@ -12,9 +12,13 @@
 //! | --- | --- | --- |
 //! | flag off | memory | memory |
 //! | Redis healthy | Redis, then memory, merged (memory holds what was written before the flag was on, or during an outage) | Redis, and memory too when `REDIS_DUAL_WRITE=1` |
-//! | Redis down, `REDIS_FALLBACK=memory` | memory (counted, logged once) | memory |
-//! | Redis down, `error` | 503 | 503 |
-//! | Redis down, `readonly` | memory | 503 |
+//! | Redis down, `REDIS_FALLBACK=memory` | memory, then a replica (counted, logged once) | memory |
+//! | Redis down, `error` | a replica, else 503 | 503 |
+//! | Redis down, `readonly` | memory, then a replica | 503 |
+//!
+//! "A replica" exists with Sentinel and Cluster ([`RedisBackend::replica`]):
+//! during a failover it still holds the last shared state, so reads of what
+//! another instance wrote keep answering.
 //!
 //! The typed stores (e.g. [`crate::stores::tasks::TaskStatusStore`]) only say *what*
 //! to do with a [`Backend`]; this module says *which* backend does it.
@@ -23,6 +27,7 @@ pub mod backend;
 pub mod flags;
 pub mod memory;
 pub mod redis;
+pub mod topology;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,6 +41,7 @@ pub use backend::{AtomicUpdate, Backend, BackendError, UpdateOutcome};
 pub use flags::{Flag, Flags};
 pub use memory::MemoryBackend;
 pub use redis::{RedisBackend, RedisSettings};
+pub use topology::{RedisTopology, TopologyReport};
 
 use crate::keys::KeySpace;
 
@@ -249,13 +255,35 @@ impl StateLayer {
                 Err(BackendError::Unavailable(_)) => {}
             }
         }
-        if route != Route::Memory {
-            if self.fallback == FallbackMode::Error {
-                return Err(StateError::Unavailable { feature });
-            }
-            Self::count_fallback(feature, "read");
+        if route == Route::Memory {
+            return from_memory().await;
         }
-        from_memory().await
+        // No master reachable: memory first (what this instance wrote during
+        // the outage), then a replica, which holds the shared state as it
+        // was when the master went away — a task another instance created
+        // is still found during a failover.
+        if self.fallback != FallbackMode::Error {
+            Self::count_fallback(feature, "read");
+            let local = from_memory().await?;
+            if local.is_some() {
+                return Ok(local);
+            }
+        }
+        if let Some(replica) = self.redis.as_ref().and_then(|r| r.replica()) {
+            let replica: Arc<dyn Backend> = replica;
+            // Twice: a promotion cuts the replica's connections, and the
+            // second try opens a new one.
+            for _ in 0..2 {
+                if let Ok(found) = Self::timed(feature, "read", "replica", op(replica.clone())).await {
+                    metrics::counter!("reportd_state_replica_reads_total", "feature" => feature.as_str()).increment(1);
+                    return Ok(merge(found, None));
+                }
+            }
+        }
+        match self.fallback {
+            FallbackMode::Error => Err(StateError::Unavailable { feature }),
+            _ => Ok(None),
+        }
     }
 
     /// Writes through the flag matrix (see the module table).

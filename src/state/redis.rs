@@ -1,30 +1,42 @@
-//! Redis as a [`Backend`], made to fail fast.
+//! Redis as a [`Backend`], made to fail fast, on one server, Sentinel or
+//! Cluster alike.
 //!
 //! redis-rs on its defaults waits seconds for a dead server on every command
-//! (NOTES.md). Here the connection manager connects lazily with short
-//! connection and response timeouts, every command is bounded by
-//! `REDIS_COMMAND_TIMEOUT_MS`, and a circuit breaker opens on the first
-//! connection-level failure: while it is open no request touches Redis at all
-//! and callers fall back at once. A monitor task pings Redis every
-//! `REDIS_HEALTH_INTERVAL_MS`; the first successful ping closes the breaker,
-//! so the service uses Redis again by itself when it returns.
+//! (NOTES.md). Here connections are opened lazily with short connection and
+//! response timeouts, every command is bounded by `REDIS_COMMAND_TIMEOUT_MS`,
+//! and a circuit breaker opens on the first failure that means "Redis is not
+//! there for now" ([`is_unavailability`]): while it is open no request
+//! touches Redis at all and callers fall back at once. A monitor task probes
+//! Redis every `REDIS_HEALTH_INTERVAL_MS` ([`RedisBackend::probe`]: the
+//! master found again through the sentinels, or every cluster slot served);
+//! the first good probe closes the breaker, so the service uses Redis again
+//! by itself when it returns or has failed over. Which servers commands go
+//! to is [`super::topology`]'s business; with Sentinel or Cluster, a second
+//! backend of the replica role serves reads while no master can
+//! ([`RedisBackend::replica`]).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::backend::{AtomicUpdate, Backend, BackendError, UpdateOutcome};
+pub use super::topology::is_unavailability;
+use super::topology::{Conn, RedisTopology, Role, Topology, TopologyReport};
 use crate::keys::Key;
 
-/// Timeouts of the Redis client.
+/// Where the Redis deployment is and the client's timeouts.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
+    /// The server (single mode); with Sentinel or Cluster it only carries the
+    /// credentials and the database of the data nodes.
     pub url: String,
+    pub topology: RedisTopology,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub health_interval: Duration,
@@ -34,6 +46,8 @@ pub struct RedisSettings {
 #[derive(Default)]
 pub struct CircuitBreaker {
     open: AtomicBool,
+    /// The replicas' breaker: logged at debug level and not counted.
+    replica: bool,
 }
 
 impl CircuitBreaker {
@@ -43,87 +57,85 @@ impl CircuitBreaker {
 
     fn trip(&self, why: &str) {
         if !self.open.swap(true, Ordering::AcqRel) {
+            if self.replica {
+                tracing::debug!(reason = why, "redis replicas unreachable");
+                return;
+            }
             metrics::counter!("reportd_redis_breaker_trips_total").increment(1);
             tracing::warn!(reason = why, "redis unreachable: circuit opened, serving from fallback");
         }
     }
 
     fn close(&self) {
-        if self.open.swap(false, Ordering::AcqRel) {
+        if self.open.swap(false, Ordering::AcqRel) && !self.replica {
             tracing::info!("redis reachable again: circuit closed");
         }
     }
 }
 
 pub struct RedisBackend {
-    client: redis::Client,
+    topology: Topology,
+    /// Reads while no master is reachable (Sentinel, Cluster).
+    replica: Option<Arc<RedisBackend>>,
     settings: RedisSettings,
-    conn: ConnectionManager,
     breaker: CircuitBreaker,
     command_timeout: Duration,
-}
-
-/// A failure that says nothing about the data, only that Redis is not there
-/// (for now): the connection, a timeout, or a server that cannot take the
-/// command at the moment — loading its data, a replica (`READONLY`: a
-/// demoted master after a failover), a master without its replicas, a
-/// cluster that is down or resharding. These go through the breaker and the
-/// fallback; they are never a 500.
-fn is_unavailability(e: &redis::RedisError) -> bool {
-    use redis::ErrorKind;
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_unrecoverable_error()
-        || matches!(
-            e.kind(),
-            ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-                | ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-                | ErrorKind::Server(redis::ServerErrorKind::MasterDown)
-                | ErrorKind::Server(redis::ServerErrorKind::TryAgain)
-                | ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
-                | ErrorKind::AuthenticationFailed
-        )
 }
 
 impl RedisBackend {
     /// Builds the client without connecting: the service starts (and serves
     /// from its fallback) even when Redis is down at start.
     pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| anyhow::anyhow!("invalid Redis connection settings: {e}"))?;
-        let conn = Self::manager(&client, settings, Some(settings.command_timeout))
-            .map_err(|e| anyhow::anyhow!("cannot create the Redis client: {e}"))?;
+        let invalid = |e: redis::RedisError| anyhow::anyhow!("invalid Redis connection settings: {e}");
+        let topology = Topology::new(settings, Role::Primary).map_err(invalid)?.expect("a primary always exists");
+        let replica = Topology::new(settings, Role::Replica).map_err(invalid)?.map(|topology| {
+            Arc::new(Self {
+                topology,
+                replica: None,
+                settings: settings.clone(),
+                // Closed by the first probe that finds a replica.
+                breaker: CircuitBreaker { open: AtomicBool::new(true), replica: true },
+                command_timeout: settings.command_timeout,
+            })
+        });
         Ok(Self {
-            client,
+            topology,
+            replica,
             settings: settings.clone(),
-            conn,
             breaker: CircuitBreaker::default(),
             command_timeout: settings.command_timeout,
         })
     }
 
-    fn manager(
-        client: &redis::Client,
-        settings: &RedisSettings,
-        response_timeout: Option<Duration>,
-    ) -> redis::RedisResult<ConnectionManager> {
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(response_timeout)
-            .set_max_delay(Duration::from_millis(200));
-        ConnectionManager::new_lazy_with_config(client.clone(), config)
+    /// `single`, `sentinel` or `cluster`.
+    pub fn mode(&self) -> &'static str {
+        self.topology.kind().mode()
+    }
+
+    /// What the last probe learned of the deployment.
+    pub fn topology(&self) -> TopologyReport {
+        self.topology.report()
+    }
+
+    /// The replicas' read-only backend, when it may be asked now: there are
+    /// replicas (Sentinel, Cluster) and the last probe found one answering.
+    pub fn replica(&self) -> Option<Arc<RedisBackend>> {
+        self.replica.clone().filter(|r| r.is_available())
     }
 
     /// A connection of its own for blocking reads (`XREADGROUP BLOCK`), which
     /// would hold up every other command on a shared connection and outlast
-    /// the normal command timeout (NOTES.md).
-    pub fn blocking_reader(&self, block: Duration) -> Result<StreamReader, BackendError> {
-        let conn = Self::manager(&self.client, &self.settings, Some(block + self.command_timeout))
-            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
-        Ok(StreamReader { conn, block })
+    /// the normal command timeout (NOTES.md). It goes to the current master.
+    pub async fn blocking_reader(&self, block: Duration) -> Result<StreamReader, BackendError> {
+        if self.breaker.is_open() {
+            return Err(BackendError::Unavailable("circuit open".into()));
+        }
+        let open = self.topology.dedicated(block + self.command_timeout);
+        match tokio::time::timeout(self.settings.connect_timeout * 2 + self.command_timeout, open).await {
+            Ok(Ok(conn)) => Ok(StreamReader { conn, block }),
+            Ok(Err(e)) => Err(BackendError::Unavailable(e.to_string())),
+            Err(_) => Err(BackendError::Unavailable("connect timed out".into())),
+        }
     }
 
     /// True unless the breaker is open.
@@ -137,7 +149,7 @@ impl RedisBackend {
     /// and `reportd_redis_errors_total{op,kind}`.
     async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, BackendError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let error = |kind: &'static str| metrics::counter!("reportd_redis_errors_total", "op" => op, "kind" => kind);
@@ -146,18 +158,19 @@ impl RedisBackend {
             return Err(BackendError::Unavailable("circuit open".into()));
         }
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.command_timeout, f(self.conn.clone())).await;
+        let command = async { f(self.topology.conn().await?).await };
+        let result = tokio::time::timeout(self.command_timeout, command).await;
         metrics::histogram!("reportd_redis_command_duration_seconds", "op" => op)
             .record(started.elapsed().as_secs_f64());
         match result {
             Err(_) => {
                 error("timeout").increment(1);
-                self.breaker.trip("command timed out");
+                self.unavailable("command timed out");
                 Err(BackendError::Unavailable("command timed out".into()))
             }
             Ok(Err(e)) if is_unavailability(&e) => {
                 error("unavailable").increment(1);
-                self.breaker.trip(&e.to_string());
+                self.unavailable(&e.to_string());
                 Err(BackendError::Unavailable(e.to_string()))
             }
             Ok(Err(e)) => {
@@ -168,42 +181,42 @@ impl RedisBackend {
         }
     }
 
-    /// One `ROLE`, ignoring the breaker; closes or opens it by the result.
-    /// A server that answers but is a replica (a demoted master) cannot take
-    /// writes: it counts as down, or the breaker would close on every probe
-    /// and trip again on every write.
+    /// After a failure that says Redis is not there: the connection is
+    /// looked up again next time (Sentinel), and the breaker opens — but
+    /// not the replicas' breaker, which only probes move: a replica whose
+    /// connection was cut (a promotion kills client connections) is asked
+    /// again at once, on a new connection.
+    fn unavailable(&self, why: &str) {
+        self.topology.forget();
+        if !self.breaker.replica {
+            self.breaker.trip(why);
+        }
+    }
+
+    /// Looks at the deployment, ignoring the breaker, and closes or opens
+    /// the breaker by what it finds ([`Topology::check`]): the master answers
+    /// as a master (a demoted master counts as down, or the breaker would
+    /// close on every probe and trip again on every write; with Sentinel the
+    /// master is looked up again first), or every cluster slot is served.
+    /// The replicas (Sentinel, Cluster) are probed too.
     pub async fn probe(&self) -> bool {
-        let mut conn = self.conn.clone();
-        let role = async move { redis::cmd("ROLE").query_async::<redis::Value>(&mut conn).await };
-        match tokio::time::timeout(self.command_timeout, role).await {
-            Ok(Ok(value)) => {
-                let first = match &value {
-                    redis::Value::Array(items) => items.first().and_then(|v| match v {
-                        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                        redis::Value::SimpleString(s) => Some(s.clone()),
-                        _ => None,
-                    }),
-                    _ => None,
-                };
-                if first.as_deref().is_some_and(|role| role != "master") {
-                    self.breaker.trip("the server is a replica");
-                    return false;
-                }
+        let limit = self.settings.connect_timeout * 2 + self.command_timeout * 4;
+        let checked = match tokio::time::timeout(limit, self.topology.check()).await {
+            Ok(result) => result,
+            Err(_) => Err("probe timed out".to_owned()),
+        };
+        // The replicas are probed always, so that reads can go to them the
+        // moment the master fails.
+        if let Some(replica) = &self.replica {
+            Box::pin(replica.probe()).await;
+        }
+        match checked {
+            Ok(()) => {
                 self.breaker.close();
                 true
             }
-            // A server that does not allow ROLE (renamed, or an ACL) but
-            // answers is up.
-            Ok(Err(e)) if !is_unavailability(&e) => {
-                self.breaker.close();
-                true
-            }
-            Ok(Err(e)) => {
-                self.breaker.trip(&e.to_string());
-                false
-            }
-            Err(_) => {
-                self.breaker.trip("ping timed out");
+            Err(why) => {
+                self.breaker.trip(&why);
                 false
             }
         }
@@ -316,65 +329,50 @@ impl RedisBackend {
         .await
     }
 
-    /// Every string key matching `pattern` with its value and remaining TTL
-    /// (at most `limit` keys; SCAN, so Redis is never blocked for long).
-    pub async fn scan_strings(
-        &self,
-        pattern: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, String, Duration)>, BackendError> {
+    /// Every key matching `pattern` (at most `limit`), from every data node
+    /// (each cluster master answers SCAN for its own keys only); SCAN, so
+    /// Redis is never blocked for long.
+    pub async fn scan_keys(&self, pattern: &str, limit: usize) -> Result<Vec<String>, BackendError> {
+        let nodes = self.call("scan", |_| async { self.topology.data_nodes().await }).await?;
         let mut out = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let pattern = pattern.to_owned();
-            let (next, keys): (u64, Vec<String>) = self
-                .call("scan_strings", |mut c| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
-            if !keys.is_empty() {
-                let batch = keys.clone();
-                let found: Vec<(Option<String>, i64)> = self
-                    .call("scan_strings", |mut c| async move {
-                        let mut pipe = redis::pipe();
-                        for k in &batch {
-                            // A key of another type answers nil here, not an error.
-                            pipe.cmd("EVAL")
-                                .arg("if redis.call('TYPE', KEYS[1]).ok == 'string' then return redis.call('GET', KEYS[1]) end return false")
-                                .arg(1)
-                                .arg(k);
-                            pipe.pttl(k);
-                        }
-                        let flat: Vec<redis::Value> = pipe.query_async(&mut c).await?;
-                        Ok(flat
-                            .chunks(2)
-                            .map(|p| {
-                                let v = redis::from_redis_value_ref::<Option<String>>(&p[0]).ok().flatten();
-                                let t = redis::from_redis_value_ref::<i64>(&p[1]).unwrap_or(-2);
-                                (v, t)
-                            })
-                            .collect())
-                    })
-                    .await?;
-                for (key, (value, ttl)) in keys.into_iter().zip(found) {
-                    if let (Some(value), true) = (value, ttl > 0) {
-                        out.push((key, value, Duration::from_millis(ttl as u64)));
-                    }
+        for node in &nodes {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500);
+                let (next, keys): (u64, Vec<String>) =
+                    self.call("scan", |_| async { self.topology.on_node(node, &scan).await }).await?;
+                out.extend(keys);
+                if out.len() >= limit {
+                    out.truncate(limit);
+                    return Ok(out);
                 }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 || out.len() >= limit {
-                out.truncate(limit);
-                return Ok(out);
-            }
-            cursor = next;
         }
+        Ok(out)
+    }
+
+    /// Every string key matching `pattern` with its value and remaining TTL
+    /// (at most `limit` keys). One script per key, many at a time: each
+    /// touches one key, so it runs on any topology.
+    pub async fn scan_strings(&self, pattern: &str, limit: usize) -> Result<Vec<StringEntry>, BackendError> {
+        let keys = self.scan_keys(pattern, limit).await?;
+        let found: Vec<Result<Option<StringEntry>, BackendError>> = futures::stream::iter(keys)
+            .map(|key| async move {
+                let k = key.clone();
+                let found: Option<(String, i64)> = self
+                    .call("scan_strings", |mut c| async move { STRING_WITH_TTL.key(k).invoke_async(&mut c).await })
+                    .await?;
+                Ok(found.filter(|(_, ttl)| *ttl > 0).map(|(v, ttl)| (key, v, Duration::from_millis(ttl as u64))))
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        found.into_iter().filter_map(Result::transpose).collect()
     }
 
     // Event logs of answer streams (for resuming on any instance).
@@ -456,11 +454,11 @@ impl RedisBackend {
             return Err(BackendError::Unavailable("circuit open".into()));
         }
         let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            let mut pubsub = self.topology.node_client().await?.get_async_pubsub().await?;
             pubsub.subscribe(channel).await?;
             Ok::<_, redis::RedisError>(pubsub.into_on_message())
         };
-        match tokio::time::timeout(self.settings.connect_timeout + self.command_timeout, connect).await {
+        match tokio::time::timeout(self.settings.connect_timeout * 3 + self.command_timeout * 2, connect).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(BackendError::Unavailable(e.to_string())),
             Err(_) => Err(BackendError::Unavailable("subscribe timed out".into())),
@@ -528,6 +526,13 @@ static STREAM_CREATE_GROUP: std::sync::LazyLock<redis::Script> =
 
 static STREAM_ADD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(STREAM_ADD_LUA));
 
+/// A string key's value and PTTL, or nil for a key of another type.
+static STRING_WITH_TTL: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('TYPE', KEYS[1]).ok == 'string' then return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])} end return false",
+    )
+});
+
 /// Compare-and-delete: `ARGV[1]` is the value the key must hold.
 static DELETE_IF: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
@@ -569,6 +574,9 @@ static EVENTS_APPEND: std::sync::LazyLock<redis::Script> =
 static EVENTS_CANCEL: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(EVENTS_CANCEL_LUA));
 
+/// A string key, its value and its remaining TTL.
+pub type StringEntry = (String, String, Duration);
+
 /// One stream entry: its id and its fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
@@ -589,7 +597,7 @@ impl From<&redis::streams::StreamId> for StreamEntry {
 
 /// A dedicated connection for blocking stream reads ([`RedisBackend::blocking_reader`]).
 pub struct StreamReader {
-    conn: ConnectionManager,
+    conn: Conn,
     block: Duration,
 }
 

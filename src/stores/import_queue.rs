@@ -170,7 +170,7 @@ impl ImportQueue {
             Err(e) => return Err(e),
         }
         if consumer.reader.is_none() {
-            consumer.reader = Some(redis.blocking_reader(BLOCK)?);
+            consumer.reader = Some(redis.blocking_reader(BLOCK).await?);
         }
         let reader = consumer.reader.as_mut().expect("set above");
         let read = tokio::select! {

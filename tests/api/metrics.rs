@@ -14,7 +14,10 @@ use crate::sse::SseReader;
 
 /// Metrics whose series appear only on events a short test does not cause
 /// (a parse worker killed for time or memory: `durability.rs` checks it).
-const ON_RARE_EVENTS: &[&str] = &["reportd_parse_workers_killed_total"];
+/// Replica reads need a failover and slot coverage a cluster: the failover
+/// tests (`ha.rs`) check those two.
+const ON_RARE_EVENTS: &[&str] =
+    &["reportd_parse_workers_killed_total", "reportd_state_replica_reads_total", "reportd_redis_cluster_slots_covered"];
 
 /// One sample line: the metric family (a histogram's `_bucket`, `_sum`,
 /// `_count` folded into it) and its labels.

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use reportd::ids::{TaskId, UserId};
 use reportd::keys::KeySpace;
-use reportd::state::{Backend, FallbackMode, Flags, MemoryBackend, RedisBackend, RedisSettings, StateLayer};
+use reportd::state::{
+    Backend, FallbackMode, Flags, MemoryBackend, RedisBackend, RedisSettings, RedisTopology, StateLayer,
+};
 use reportd::stores::tasks::{TASK_TRANSITION, TaskPatch, TaskRecord, TaskStatus, TaskStatusStore, Transition};
 use serde_json::{Value, json};
 
@@ -29,7 +31,10 @@ async fn stage0_redis_deployed_but_disabled_writes_nothing() {
     let (code, ready) = c.readyz().await;
     assert_eq!(code, 200);
     assert_eq!(ready["status"], "ready");
-    assert_eq!(ready["redis"], json!({"configured": true, "connected": true}));
+    assert_eq!(ready["redis"]["configured"], true);
+    assert_eq!(ready["redis"]["connected"], true);
+    assert_eq!(ready["redis"]["topology"]["mode"], "single");
+    assert_eq!(ready["redis"]["topology"]["failovers_seen"], 0);
     for feature in ["task_status", "chat_session", "cache", "rate_limit"] {
         assert_eq!(ready["features"][feature]["backend"], "memory", "{feature}");
         assert_eq!(ready["features"][feature]["degraded"], false);
@@ -381,6 +386,7 @@ pub fn layer(redis: &TestRedis) -> (Arc<StateLayer>, Arc<RedisBackend>) {
     let backend = Arc::new(
         RedisBackend::new(&RedisSettings {
             url: redis.url(),
+            topology: RedisTopology::Single,
             connect_timeout: Duration::from_millis(300),
             command_timeout: Duration::from_millis(2000),
             health_interval: Duration::from_millis(100),

@@ -20,12 +20,10 @@ pub const FLAGS: [&str; 5] = [
     "REDIS_RATE_LIMIT_ENABLED",
 ];
 
-/// Every variable of SPEC §4 that reportd has (the table, and the
-/// connection settings and timeouts). REDIS_SENTINELS,
-/// REDIS_SENTINEL_MASTER and REDIS_CLUSTER_NODES are not settings of this
-/// binary yet, and `every_app_variable_is_a_real_setting` keeps the compose
-/// file from naming a setting that does not exist.
-pub const SPEC4: [&str; 15] = [
+/// Every variable of SPEC §4 (the table, the connection settings of the
+/// three topologies, and the timeouts); `every_app_variable_is_a_real_setting`
+/// keeps the compose file from naming a setting that does not exist.
+pub const SPEC4: [&str; 19] = [
     "REDIS_ENABLED",
     "REDIS_TASK_STATUS_ENABLED",
     "REDIS_CHAT_SESSION_ENABLED",
@@ -41,6 +39,10 @@ pub const SPEC4: [&str; 15] = [
     "APP_ENV",
     "REDIS_CONNECT_TIMEOUT_MS",
     "REDIS_COMMAND_TIMEOUT_MS",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_CLUSTER_NODES",
 ];
 
 /// Parses YAML into JSON values and applies merge keys (`<<`), nested ones
@@ -282,6 +284,9 @@ fn every_spec_variable_is_set_and_every_flag_starts_at_zero() {
             assert_eq!(resolved["REDIS_DUAL_WRITE"], "1", "{name}: dual write stays on during the rollout");
             assert_eq!(resolved["REDIS_FALLBACK"], "memory");
             assert_eq!(resolved["REDIS_HOST"], "redis");
+            // The single redis service unless .env names sentinels or a cluster.
+            assert_eq!(resolved["REDIS_SENTINELS"], "", "{name}");
+            assert_eq!(resolved["REDIS_CLUSTER_NODES"], "", "{name}");
             assert_eq!(resolved["HOST"], "0.0.0.0");
         }
         assert!(app["depends_on"]["redis"]["condition"] == "service_healthy", "{name}");
