@@ -70,6 +70,17 @@ pub enum Claim {
     Gone,
 }
 
+/// Which jobs a sweep may adopt (see [`Database::orphaned_jobs`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Orphans {
+    /// Jobs whose lease ends before this (ms since the epoch).
+    pub now: i64,
+    /// Stream jobs too (the stream cannot deliver them now).
+    pub include_stream: bool,
+    /// Stream jobs never started and staged before this have lost their entry.
+    pub unstarted_before: i64,
+}
+
 /// A job found by a sweep.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct JobRef {
@@ -276,15 +287,18 @@ impl Database {
     /// holder's lease ran out (it died) or that were let go of; with
     /// `include_stream`, also stream jobs whose lease ran out (while the
     /// stream cannot deliver them; otherwise the stream's own take-over
-    /// handles them). Oldest first.
-    pub async fn orphaned_jobs(&self, now: i64, include_stream: bool, limit: i64) -> Result<Vec<JobRef>, sqlx::Error> {
+    /// handles them); and stream jobs never started although staged before
+    /// `unstarted_before` — their entry was lost (a Redis failover drops
+    /// what the old master had not replicated yet). Oldest first.
+    pub async fn orphaned_jobs(&self, which: &Orphans, limit: i64) -> Result<Vec<JobRef>, sqlx::Error> {
         sqlx::query_as(
             "SELECT user_id, task_id FROM staged_uploads \
-             WHERE lease_until < $1 AND (queue = 'local' OR $2 = 1) \
-             ORDER BY created_at LIMIT $3",
+             WHERE lease_until < $1 AND (queue = 'local' OR $2 = 1 OR (attempts = 0 AND created_at < $3)) \
+             ORDER BY created_at LIMIT $4",
         )
-        .bind(now)
-        .bind(i64::from(include_stream))
+        .bind(which.now)
+        .bind(i64::from(which.include_stream))
+        .bind(which.unstarted_before)
         .bind(limit)
         .fetch_all(self.pool())
         .await
@@ -297,21 +311,21 @@ impl Database {
         user: &UserId,
         task: &TaskId,
         me: &str,
-        now: i64,
         lease_until: i64,
-        include_stream: bool,
+        which: &Orphans,
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE staged_uploads SET queue = 'local', claimed_by = $1, lease_until = $2 \
              WHERE user_id = $3 AND task_id = $4 AND lease_until < $5 \
-             AND (queue = 'local' OR $6 = 1)",
+             AND (queue = 'local' OR $6 = 1 OR (attempts = 0 AND created_at < $7))",
         )
         .bind(me)
         .bind(lease_until)
         .bind(user.as_str())
         .bind(task.as_str())
-        .bind(now)
-        .bind(i64::from(include_stream))
+        .bind(which.now)
+        .bind(i64::from(which.include_stream))
+        .bind(which.unstarted_before)
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
@@ -426,6 +440,43 @@ mod tests {
             all.extend_from_slice(&part);
         }
         (sizes, all)
+    }
+
+    /// A stream job that was never started long after it was staged lost
+    /// its entry and is adopted; a recent one is left to the stream, and a
+    /// local job under a live lease to its holder.
+    #[tokio::test]
+    async fn stream_jobs_that_never_started_are_orphans_after_a_while() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (pool, migrator) = database_at(dir.path(), 0).await;
+        migrator.run(&pool).await.unwrap();
+        let db = Database { pool };
+        let user = UserId::generate();
+        add_user(db.pool(), user.as_str()).await;
+        let (lost, recent, held) = (TaskId::generate(), TaskId::generate(), TaskId::generate());
+        let upload = |task: &TaskId, created_at: i64| StagedUpload {
+            task_id: task.to_string(),
+            user_id: user.to_string(),
+            filename: "f.txt".into(),
+            title: String::new(),
+            format: "txt".into(),
+            size_bytes: 1,
+            created_at,
+        };
+        db.stage_upload(&upload(&lost, 1_000), &mut &b"x"[..], JobQueue::Redis, None).await.unwrap();
+        db.stage_upload(&upload(&recent, 90_000), &mut &b"x"[..], JobQueue::Redis, None).await.unwrap();
+        db.stage_upload(&upload(&held, 1_000), &mut &b"x"[..], JobQueue::Local, Some(("a", 500_000))).await.unwrap();
+        let which = Orphans { now: 100_000, include_stream: false, unstarted_before: 40_000 };
+        let found: Vec<String> = db.orphaned_jobs(&which, 10).await.unwrap().into_iter().map(|j| j.task_id).collect();
+        assert_eq!(found, [lost.to_string()]);
+        assert!(!db.adopt_job(&user, &recent, "b", 200_000, &which).await.unwrap());
+        assert!(!db.adopt_job(&user, &held, "b", 200_000, &which).await.unwrap());
+        assert!(db.adopt_job(&user, &lost, "b", 200_000, &which).await.unwrap());
+        assert!(db.orphaned_jobs(&which, 10).await.unwrap().is_empty(), "adopted: leased now");
+        // While the stream cannot deliver, every stream job without a live lease is an orphan.
+        let gap = Orphans { include_stream: true, ..which };
+        let found: Vec<String> = db.orphaned_jobs(&gap, 10).await.unwrap().into_iter().map(|j| j.task_id).collect();
+        assert_eq!(found, [recent.to_string()]);
     }
 
     /// Staging stores an upload in parts of at most 1 MiB, in order, that

@@ -19,7 +19,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use documents::{Chunk, Document, NewChunk};
-pub use jobs::{Claim, JobQueue, JobRef, PendingJob, StagedUpload, UPLOAD_PART_BYTES};
+pub use jobs::{Claim, JobQueue, JobRef, Orphans, PendingJob, StagedUpload, UPLOAD_PART_BYTES};
 pub use users::{User, username_key};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");

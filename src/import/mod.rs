@@ -46,7 +46,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::db::{Claim, Database, Document, JobQueue, NewChunk, StagedUpload};
+use crate::db::{Claim, Database, Document, JobQueue, NewChunk, Orphans, StagedUpload};
 use crate::ids::{TaskId, UserId};
 use crate::state::{StateError, spawn_periodic};
 use crate::stores::import_queue::{Consumer, ImportQueue, QueuedJob};
@@ -300,11 +300,20 @@ impl ImportService {
     }
 
     /// Adopts jobs that no live instance holds: local jobs of an instance
-    /// that died or let go of them, and, while the stream cannot be used,
-    /// stream jobs whose worker died. They join this instance's queue.
+    /// that died or let go of them, stream jobs whose entry was lost, and,
+    /// while the stream cannot be used, stream jobs whose worker died. They
+    /// join this instance's queue.
     async fn sweep(&self) {
         let include_stream = self.queue.stream().is_none();
-        let orphans = match self.db.orphaned_jobs(now_ms(), include_stream, 16).await {
+        // A stream job not started after four heartbeat timeouts has lost
+        // its entry (a healthy stream hands a job out within seconds).
+        let now = now_ms();
+        let which = Orphans {
+            now,
+            include_stream,
+            unstarted_before: now.saturating_sub(4 * millis(self.settings.heartbeat_timeout)),
+        };
+        let orphans = match self.db.orphaned_jobs(&which, 16).await {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot look for abandoned imports");
@@ -316,7 +325,8 @@ impl ImportService {
                 break;
             }
             let (Ok(user), Ok(task)) = (UserId::parse(&job.user_id), TaskId::parse(&job.task_id)) else { continue };
-            match self.db.adopt_job(&user, &task, &self.instance, now_ms(), self.lease_until(), include_stream).await {
+            let adopted = self.db.adopt_job(&user, &task, &self.instance, self.lease_until(), &which).await;
+            match adopted {
                 Ok(true) => {
                     tracing::info!(%task, "adopting an import whose instance stopped");
                     metrics::counter!("reportd_import_takeovers_total").increment(1);
