@@ -31,6 +31,8 @@ find_pg_bin() {
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+# The failover tests start sentinels (`redis-sentinel`, the same binary).
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 # The deployment tests run the shipped nginx configuration.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 find_pg_bin >/dev/null || need+=(postgresql)

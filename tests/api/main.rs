@@ -23,4 +23,5 @@ mod props;
 mod search;
 mod sse;
 mod state;
+mod topology;
 mod uploads;
