@@ -336,6 +336,17 @@ impl Database {
         sqlx::query_scalar("SELECT COUNT(*) FROM staged_uploads").fetch_one(self.pool()).await
     }
 
+    /// The job of one task, if it has not ended.
+    pub async fn pending_job(&self, user: &UserId, task: &TaskId) -> Result<Option<PendingJob>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT user_id, task_id, filename, created_at FROM staged_uploads WHERE user_id = $1 AND task_id = $2",
+        )
+        .bind(user.as_str())
+        .bind(task.as_str())
+        .fetch_optional(self.pool())
+        .await
+    }
+
     /// Every job not yet ended (at most `limit`), oldest first.
     pub async fn pending_jobs(&self, limit: i64) -> Result<Vec<PendingJob>, sqlx::Error> {
         sqlx::query_as("SELECT user_id, task_id, filename, created_at FROM staged_uploads ORDER BY created_at LIMIT $1")

@@ -266,7 +266,8 @@ async fn status(
     // The limit and the read at once: over the limit, what was read is
     // dropped (a read changes nothing).
     let subject = LimitSubject::User(user.clone());
-    let (allowed, record) = tokio::join!(app.limits.check(RateLimit::Polls, &subject), app.tasks.get(&user, &task));
+    let (allowed, record) =
+        tokio::join!(app.limits.check(RateLimit::Polls, &subject), app.imports.status(&user, &task));
     allowed?;
     // The key carries the user id: another user's task is simply not found,
     // with the same answer as an unknown id.

@@ -289,6 +289,27 @@ impl ImportService {
         }
     }
 
+    /// The status of `user`'s `task` for a poll. While Redis is down, a task
+    /// created on another instance meanwhile is in neither this instance's
+    /// memory nor a replica, but its job is staged in SQL before its id is
+    /// answered: it is recorded here as queued (the recovery after the
+    /// outage carries the real progress to Redis, and a status never moves
+    /// backwards).
+    pub async fn status(&self, user: &UserId, task: &TaskId) -> Result<Option<TaskRecord>, StateError> {
+        let found = self.tasks.get(user, task).await?;
+        if found.is_some() || !self.tasks.degraded() {
+            return Ok(found);
+        }
+        match self.db.pending_job(user, task).await {
+            Ok(Some(job)) => self.tasks.create_at(user, task, &job.filename, job.created_at).await.map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::debug!(error = %e, "task not looked up in the database");
+                Ok(None)
+            }
+        }
+    }
+
     fn lease_until(&self) -> i64 {
         now_ms() + millis(self.settings.heartbeat_timeout)
     }

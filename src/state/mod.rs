@@ -12,9 +12,9 @@
 //! | --- | --- | --- |
 //! | flag off | memory | memory |
 //! | Redis healthy | Redis, then memory, merged (memory holds what was written before the flag was on, or during an outage) | Redis, and memory too when `REDIS_DUAL_WRITE=1` |
-//! | Redis down, `REDIS_FALLBACK=memory` | memory, then a replica (counted, logged once) | memory |
+//! | Redis down, `REDIS_FALLBACK=memory` | memory merged with a replica (counted, logged once) | memory |
 //! | Redis down, `error` | a replica, else 503 | 503 |
-//! | Redis down, `readonly` | memory, then a replica | 503 |
+//! | Redis down, `readonly` | memory merged with a replica | 503 |
 //!
 //! "A replica" exists with Sentinel and Cluster ([`RedisBackend::replica`]):
 //! during a failover it still holds the last shared state, so reads of what
@@ -43,7 +43,15 @@ pub use memory::MemoryBackend;
 pub use redis::{RedisBackend, RedisSettings};
 pub use topology::{RedisTopology, TopologyReport};
 
-use crate::keys::KeySpace;
+use crate::keys::{Key, KeySpace};
+
+/// Carries one key a store wrote to memory during an outage back to Redis
+/// once Redis is back ([`StateLayer::on_recovery`]).
+pub type Repair = Arc<dyn Fn(Key) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// At most this many keys written during an outage are remembered for
+/// repair (the rest are repaired by the stores' merge on read).
+const MAX_OUTAGE_KEYS: usize = 100_000;
 
 /// A kind of state with its own flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -132,6 +140,9 @@ pub struct StateLayer {
     flags: Arc<Flags>,
     dual_write: bool,
     fallback: FallbackMode,
+    /// Keys written to memory while Redis was down, by feature.
+    outage_writes: std::sync::Mutex<HashMap<Feature, std::collections::BTreeSet<String>>>,
+    repairs: std::sync::RwLock<HashMap<Feature, Repair>>,
 }
 
 impl StateLayer {
@@ -143,7 +154,16 @@ impl StateLayer {
         dual_write: bool,
         fallback: FallbackMode,
     ) -> Self {
-        Self { keys, memory, redis, flags, dual_write, fallback }
+        Self {
+            keys,
+            memory,
+            redis,
+            flags,
+            dual_write,
+            fallback,
+            outage_writes: Default::default(),
+            repairs: Default::default(),
+        }
     }
 
     pub fn keys(&self) -> &KeySpace {
@@ -180,6 +200,62 @@ impl StateLayer {
         match self.route(feature) {
             Route::Redis => self.redis.as_ref(),
             _ => None,
+        }
+    }
+
+    /// True while `feature` wants Redis and Redis is down (its calls go to
+    /// the fallback).
+    pub fn degraded(&self, feature: Feature) -> bool {
+        self.route(feature) == Route::Fallback
+    }
+
+    /// While `feature` is degraded: the shared value of `key` as a replica
+    /// holds it (Sentinel, Cluster), for a write that needs the state it
+    /// changes — the instance whose memory never had a task can still
+    /// advance it during a failover.
+    pub async fn replica_copy(&self, feature: Feature, key: &Key) -> Option<String> {
+        if !self.degraded(feature) {
+            return None;
+        }
+        let replica = self.redis.as_ref()?.replica()?;
+        Self::timed(feature, "read", "replica", replica.get(key)).await.ok().flatten()
+    }
+
+    /// Notes that `key` of `feature` was written to memory during an outage:
+    /// when Redis is back, the repair registered for `feature` carries it
+    /// there, so that every instance sees it (not only the next read on this
+    /// one).
+    pub fn written_during_outage(&self, feature: Feature, key: &Key) {
+        let mut pending = self.outage_writes.lock().expect("lock");
+        if pending.values().map(|keys| keys.len()).sum::<usize>() < MAX_OUTAGE_KEYS {
+            pending.entry(feature).or_default().insert(key.as_str().to_owned());
+        }
+    }
+
+    /// Registers how `feature` carries a key written during an outage back
+    /// to Redis (see [`Self::written_during_outage`]).
+    pub fn on_recovery(&self, feature: Feature, repair: Repair) {
+        self.repairs.write().expect("lock").insert(feature, repair);
+    }
+
+    /// Redis is back: every key written to memory meanwhile is repaired, one
+    /// at a time, for the features that are served by Redis again.
+    async fn recovered(&self) {
+        let pending = std::mem::take(&mut *self.outage_writes.lock().expect("lock"));
+        for (feature, keys) in pending {
+            let repair = self.repairs.read().expect("lock").get(&feature).cloned();
+            let Some(repair) = repair else { continue };
+            let count = keys.len();
+            for raw in keys {
+                if let Some(key) = self.keys.existing(&raw) {
+                    repair(key).await;
+                }
+            }
+            tracing::info!(
+                feature = feature.as_str(),
+                keys = count,
+                "redis back: state written during the outage carried to it"
+            );
         }
     }
 
@@ -258,31 +334,41 @@ impl StateLayer {
         if route == Route::Memory {
             return from_memory().await;
         }
-        // No master reachable: memory first (what this instance wrote during
-        // the outage), then a replica, which holds the shared state as it
-        // was when the master went away — a task another instance created
-        // is still found during a failover.
-        if self.fallback != FallbackMode::Error {
-            Self::count_fallback(feature, "read");
-            let local = from_memory().await?;
-            if local.is_some() {
-                return Ok(local);
+        // No master reachable: this instance's memory (what it wrote during
+        // the outage) merged with a replica's copy, which holds the shared
+        // state as it was when the master went away — a task another
+        // instance created or advanced is still found, and a stale copy
+        // left in memory by dual write does not win over a newer shared one.
+        let local = match self.fallback {
+            FallbackMode::Error => None,
+            _ => {
+                Self::count_fallback(feature, "read");
+                from_memory().await?
             }
-        }
+        };
         if let Some(replica) = self.redis.as_ref().and_then(|r| r.replica()) {
             let replica: Arc<dyn Backend> = replica;
             // Twice: a promotion cuts the replica's connections, and the
             // second try opens a new one.
             for _ in 0..2 {
-                if let Ok(found) = Self::timed(feature, "read", "replica", op(replica.clone())).await {
-                    metrics::counter!("reportd_state_replica_reads_total", "feature" => feature.as_str()).increment(1);
-                    return Ok(merge(found, None));
+                match Self::timed(feature, "read", "replica", op(replica.clone())).await {
+                    Ok(found) => {
+                        metrics::counter!("reportd_state_replica_reads_total", "feature" => feature.as_str())
+                            .increment(1);
+                        return Ok(merge(found, local));
+                    }
+                    Err(e) => tracing::debug!(feature = feature.as_str(), error = %e, "replica read failed"),
                 }
+            }
+            // The shared state exists but could not be read: "unknown", not
+            // "absent".
+            if local.is_none() {
+                return Err(StateError::Unavailable { feature });
             }
         }
         match self.fallback {
             FallbackMode::Error => Err(StateError::Unavailable { feature }),
-            _ => Ok(None),
+            _ => Ok(local),
         }
     }
 
@@ -360,10 +446,14 @@ impl StateLayer {
             async {}
         });
         let Some(redis) = self.redis.clone() else { return };
+        let this = self.clone();
         spawn_periodic(health_every, cancel.clone(), move || {
-            let redis = redis.clone();
+            let (redis, this) = (redis.clone(), this.clone());
             async move {
-                redis.probe().await;
+                let was_up = redis.is_available();
+                if redis.probe().await && !was_up {
+                    this.recovered().await;
+                }
             }
         });
         let this = self.clone();

@@ -395,7 +395,12 @@ impl Topology {
         match &self.link {
             // A replica is kept while it answers, and looked up again when it
             // does not ([`Self::forget`]).
-            Link::Single(_) | Link::Sentinel(_) if self.role == Role::Replica => self.check_node().await,
+            // A failure is tried once more on a new connection: a promotion
+            // cuts the replica's connections while it stays perfectly usable.
+            Link::Single(_) | Link::Sentinel(_) if self.role == Role::Replica => match self.check_node().await {
+                Ok(()) => Ok(()),
+                Err(_) => self.check_node().await,
+            },
             Link::Single(_) => self.check_node().await,
             Link::Sentinel(_) => {
                 match self.ask_sentinels().await {

@@ -220,7 +220,33 @@ fn parse_record(value: Option<String>) -> Result<Option<TaskRecord>, BackendErro
 
 impl TaskStatusStore {
     pub fn new(state: Arc<StateLayer>, ttl: Duration) -> Self {
+        // A status written to memory during an outage (an import that went
+        // on, or ended) is carried to Redis when it is back, through the
+        // same transition, so that polls on every instance see it.
+        let weak = Arc::downgrade(&state);
+        state.on_recovery(
+            Feature::TaskStatus,
+            Arc::new(move |key| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let Some(state) = weak.upgrade() else { return };
+                    let Ok(Some(local)) = state.memory().get(&key).await else { return };
+                    let Some(redis) = state.redis_for(Feature::TaskStatus) else { return };
+                    let Ok(Some(record)) = parse_record(Some(local.clone())) else { return };
+                    let patch = serde_json::to_string(&TaskPatch::from_record(&record)).expect("a patch serialises");
+                    let args = [patch, "update".to_owned(), local];
+                    if let Err(e) = redis.update(&key, &TASK_TRANSITION, &args, ttl).await {
+                        tracing::debug!(error = %e, "task status repair deferred to the next read");
+                    }
+                })
+            }),
+        );
         Self { state, ttl }
+    }
+
+    /// True while task status wants Redis and Redis is down.
+    pub fn degraded(&self) -> bool {
+        self.state.degraded(Feature::TaskStatus)
     }
 
     async fn run(
@@ -233,15 +259,25 @@ impl TaskStatusStore {
         let key = self.state.keys().import_task(user, task);
         // The memory copy seeds Redis when Redis lacks the task: it was
         // written before the flag was turned on, or during an outage.
-        let seed = self.state.memory().get(&key).await.ok().flatten().unwrap_or_default();
-        let args = vec![update, mode.to_owned(), seed];
+        // During a failover, memory that never had the task is seeded from
+        // a replica.
+        let mut seed = self.state.memory().get(&key).await.ok().flatten();
+        if seed.is_none() {
+            seed = self.state.replica_copy(Feature::TaskStatus, &key).await;
+        }
+        let args = vec![update, mode.to_owned(), seed.unwrap_or_default()];
         let ttl = self.ttl;
-        self.state
+        let outcome = self
+            .state
             .write(Feature::TaskStatus, |b: Arc<dyn Backend>| {
                 let (key, args) = (key.clone(), args.clone());
                 async move { b.update(&key, &TASK_TRANSITION, &args, ttl).await }
             })
-            .await
+            .await;
+        if self.state.degraded(Feature::TaskStatus) {
+            self.state.written_during_outage(Feature::TaskStatus, &key);
+        }
+        outcome
     }
 
     /// Records a new task as `pending`.

@@ -138,6 +138,7 @@ async fn survive_a_failover(
     turn(&a.client, &token, "ha-report", "第一轮：火星").await;
 
     let tasks = Arc::new(std::sync::Mutex::new(before.clone()));
+    let mut kinds: BTreeMap<String, String> = before.iter().map(|t| (t.clone(), "before".to_owned())).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let pollers = spawn_pollers(
@@ -150,6 +151,7 @@ async fn survive_a_failover(
     // Imports running when the master dies (each stage takes a while).
     for (i, c) in [&a.client, &b.client, &a.client, &b.client].into_iter().enumerate() {
         let task = c.import(&token, &format!("during-{i}.txt"), sample_text()).await;
+        kinds.insert(task.clone(), format!("during-{i}"));
         tasks.lock().unwrap().push(task);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -160,6 +162,7 @@ async fn survive_a_failover(
     // Work goes on during the gap: an import on each instance, a turn on B.
     for (i, c) in [&a.client, &b.client].into_iter().enumerate() {
         let task = c.import(&token, &format!("gap-{i}.txt"), sample_text()).await;
+        kinds.insert(task.clone(), format!("gap-{i}"));
         tasks.lock().unwrap().push(task);
     }
     turn(&b.client, &token, "ha-report", "第二轮：木星").await;
@@ -182,6 +185,7 @@ async fn survive_a_failover(
     // Imports made after, on each instance.
     for (i, c) in [&a.client, &b.client].into_iter().enumerate() {
         let task = c.import(&token, &format!("after-{i}.txt"), sample_text()).await;
+        kinds.insert(task.clone(), format!("after-{i}"));
         tasks.lock().unwrap().push(task);
     }
     let all: Vec<String> = tasks.lock().unwrap().clone();
@@ -198,7 +202,15 @@ async fn survive_a_failover(
 
     // Every poll answered 200, and no task went backwards on either instance.
     let failed: Vec<&Poll> = polls.iter().filter(|p| p.code != 200).collect();
-    assert!(failed.is_empty(), "{} of {} polls failed, first: {:?}", failed.len(), polls.len(), &failed[..1]);
+    let failed_tasks: std::collections::BTreeSet<String> =
+        failed.iter().map(|p| format!("{} on {} ({})", p.task, p.instance, kinds[&p.task])).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} polls failed: {failed_tasks:?}, first: {:?}",
+        failed.len(),
+        polls.len(),
+        &failed[..1]
+    );
     let mut last: BTreeMap<(&str, &str), (u8, u64)> = BTreeMap::new();
     for p in &polls {
         let now = (rank(&p.status), p.progress);
@@ -289,9 +301,7 @@ async fn cluster_failover_keeps_every_poll_answering_and_both_instances_carry_on
             format!("127.0.0.1:{killed}")
         },
         |topology| {
-            topology["mode"] == "cluster"
-                && topology["slots_covered"] == 16384
-                && topology["cluster_state"] == "ok"
+            topology["mode"] == "cluster" && topology["slots_covered"] == 16384 && topology["cluster_state"] == "ok"
         },
     )
     .await;

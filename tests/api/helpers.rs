@@ -168,6 +168,15 @@ impl TestRedis {
     /// plain (not cluster-aware) client reaches only that node's slots
     /// through it, so the service under test must be configured with
     /// [`Settings::with_redis`], which names every node.
+    /// How the service reaches this Redis: one server, or (cluster mode)
+    /// the cluster's nodes.
+    pub fn topology(&self) -> reportd::state::RedisTopology {
+        match &self.cluster {
+            Some(cluster) => reportd::state::RedisTopology::Cluster { nodes: cluster.nodes() },
+            None => reportd::state::RedisTopology::Single,
+        }
+    }
+
     pub fn url(&self) -> String {
         redis_url(self.port, REDIS_PASSWORD)
     }
@@ -1333,7 +1342,7 @@ impl TestProcess {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", settings.0.get("RUST_LOG").map_or("info", String::as_str))
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

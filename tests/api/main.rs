@@ -11,6 +11,7 @@ mod corpus;
 mod doctor;
 mod durability;
 mod fakes;
+mod ha;
 mod hardening;
 mod helpers;
 mod imports;

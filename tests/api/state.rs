@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use reportd::ids::{TaskId, UserId};
 use reportd::keys::KeySpace;
-use reportd::state::{
-    Backend, FallbackMode, Flags, MemoryBackend, RedisBackend, RedisSettings, RedisTopology, StateLayer,
-};
+use reportd::state::{Backend, FallbackMode, Flags, MemoryBackend, RedisBackend, RedisSettings, StateLayer};
 use reportd::stores::tasks::{TASK_TRANSITION, TaskPatch, TaskRecord, TaskStatus, TaskStatusStore, Transition};
 use serde_json::{Value, json};
 
-use crate::helpers::{Settings, TestApp, TestRedis, eventually, sample_text};
+use crate::helpers::{Settings, TestApp, TestRedis, cluster_pass, eventually, sample_text};
 
 /// Stage 0: Redis deployed and reachable, `REDIS_ENABLED=0` (even with every
 /// feature flag on): the service works and writes nothing to Redis.
@@ -33,7 +31,7 @@ async fn stage0_redis_deployed_but_disabled_writes_nothing() {
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["redis"]["configured"], true);
     assert_eq!(ready["redis"]["connected"], true);
-    assert_eq!(ready["redis"]["topology"]["mode"], "single");
+    assert_eq!(ready["redis"]["topology"]["mode"], if cluster_pass() { "cluster" } else { "single" });
     assert_eq!(ready["redis"]["topology"]["failovers_seen"], 0);
     for feature in ["task_status", "chat_session", "cache", "rate_limit"] {
         assert_eq!(ready["features"][feature]["backend"], "memory", "{feature}");
@@ -386,7 +384,7 @@ pub fn layer(redis: &TestRedis) -> (Arc<StateLayer>, Arc<RedisBackend>) {
     let backend = Arc::new(
         RedisBackend::new(&RedisSettings {
             url: redis.url(),
-            topology: RedisTopology::Single,
+            topology: redis.topology(),
             connect_timeout: Duration::from_millis(300),
             command_timeout: Duration::from_millis(2000),
             health_interval: Duration::from_millis(100),
