@@ -21,7 +21,11 @@
 //!   Redis implementation (fail-fast client, circuit breaker, health monitor)
 //!   and a memory implementation (TTLs, sweeping, a cap), the feature flags
 //!   with their run-time overrides, and [`state::StateLayer`], the one place
-//!   that decides per feature which backend serves a call (SPEC §4).
+//!   that decides per feature which backend serves a call (SPEC §4), and
+//!   what happens during and after an outage (replica reads, the repair of
+//!   what was written to memory). [`state::topology`] is where one server,
+//!   Sentinel and Cluster differ: which server a command goes to, how a
+//!   failover is followed, what the deployment looks like.
 //! - [`stores`]: the typed stores on the state layer, which say *what* to do
 //!   with each kind of state: [`stores::tasks::TaskStatusStore`] (the
 //!   import-task state machine, enforced atomically in both backends),

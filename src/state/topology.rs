@@ -24,6 +24,15 @@
 //! reachable (Sentinel: a replica the sentinels list as healthy; Cluster:
 //! reads routed to replicas, which answer while the cluster is down when the
 //! nodes run with `cluster-allow-reads-when-down yes`).
+//!
+//! Facts that cost time here: a Sentinel promotion kills every client
+//! connection of the promoted replica (`CLIENT KILL TYPE normal`), so a read
+//! on the replica fails once and must be retried on a new connection; the
+//! sentinels' "valid replicas" exclude the one being promoted, so a reader
+//! falls back to any server they list; the cluster client routes
+//! `ByAddress` only to nodes it is connected to; and it logs a warning about
+//! once a second for a dead node until the node is forgotten (the default
+//! log filter keeps `redis=error`).
 
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -8,7 +8,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::fakes::{FakeLlm, FakeSearx};
-use crate::helpers::{REDIS_PASSWORD, Settings, TestApp, TestRedis, binary, free_port};
+use crate::helpers::{
+    REDIS_PASSWORD, SENTINEL_PASSWORD, Settings, TestApp, TestCluster, TestRedis, TestSentinels, binary, free_port,
+};
 
 const API_KEY: &str = "sk-doctor-test-key-0123456789";
 
@@ -272,4 +274,79 @@ async fn an_unreachable_database_fails() {
     assert!(failed.iter().any(|c| c["name"].as_str().unwrap().starts_with("database")), "{report}");
     assert!(!run.stdout.contains("secret-db-pass"), "the password is not printed: {}", run.stdout);
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "bounded by timeouts");
+}
+
+/// Migrates the database and leaves real keys in Redis, as `deployment` does.
+async fn used_by_the_service(settings: &Settings) {
+    let app = TestApp::start(settings.clone()).await;
+    let token = app.client.user("doctor-ha").await;
+    app.client.imported(&token).await;
+}
+
+async fn aof_on(conn: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("appendonly").arg("yes").query_async(conn).await.unwrap();
+}
+
+/// Under Sentinel the doctor checks the master the sentinels name and says
+/// whether a failover has somewhere to go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_sentinel_the_master_is_found_and_checked() {
+    let sentinels = TestSentinels::start().await;
+    let dir = TempDir::new().unwrap();
+    let settings = Settings::new(dir.path()).with_sentinels(&sentinels);
+    used_by_the_service(&settings).await;
+    let master = sentinels.master_port().await;
+    aof_on(&mut sentinels.conn_to(master).await).await;
+
+    let run = doctor(&settings, dir.path(), true).await;
+    assert!(!run.stdout.contains(SENTINEL_PASSWORD), "the sentinels' password leaked: {}", run.stdout);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let report = run.json();
+    let topology = check(&report, "redis.topology");
+    assert_eq!(topology["status"], "ok", "{topology:#}");
+    assert_eq!(topology["mode"], "sentinel");
+    let detail = topology["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("127.0.0.1:{master}")) && detail.contains("1 healthy replica"), "{detail}");
+    assert!(check(&report, "redis.connection")["detail"].as_str().unwrap().contains(&master.to_string()));
+    assert_eq!(check(&report, "redis.aof")["status"], "ok");
+    let keys = check(&report, "redis.keys_without_ttl");
+    assert_eq!(keys["status"], "ok");
+    assert!(keys["examined"].as_u64() > Some(0), "{keys:#}");
+}
+
+/// On a cluster the doctor checks every master, scans every master's keys
+/// and reports the slots; a master left without a replica is a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_every_master_is_checked() {
+    let mut cluster = TestCluster::start().await;
+    let dir = TempDir::new().unwrap();
+    let settings = Settings::new(dir.path()).with_cluster(&cluster);
+    used_by_the_service(&settings).await;
+    for port in cluster.masters().await {
+        aof_on(&mut cluster.conn_to(port).await).await;
+    }
+
+    let run = doctor(&settings, dir.path(), true).await;
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let report = run.json();
+    let topology = check(&report, "redis.topology");
+    assert_eq!(topology["status"], "ok", "{topology:#}");
+    assert_eq!(topology["detail"], "3 masters, 3 replicas, all 16384 slots served");
+    assert_eq!(topology["topology"]["slots_covered"], 16384);
+    let aof = check(&report, "redis.aof");
+    assert_eq!(aof["status"], "ok");
+    assert!(aof["detail"].as_str().unwrap().ends_with("(on all 3 masters)"), "{aof:#}");
+    assert_eq!(aof["nodes"].as_array().unwrap().len(), 3);
+    // The keys of every master are scanned: the import's task status, the
+    // queue, the user's cache version … land on different masters.
+    let namespaces = check(&report, "redis.namespaces");
+    assert!(namespaces["examined"].as_u64() >= Some(2), "{namespaces:#}");
+
+    let killed = cluster.kill_master(0).await;
+    cluster.wait_for_promotion(killed, Duration::from_secs(30)).await;
+    let run = doctor(&settings, dir.path(), true).await;
+    let report = run.json();
+    let topology = check(&report, "redis.topology");
+    assert_eq!(topology["status"], "warn", "{topology:#}");
+    assert!(topology["detail"].as_str().unwrap().contains("3 masters but 2 replicas"), "{topology:#}");
 }

@@ -112,6 +112,8 @@ struct Gap {
     polls: usize,
     polls_in_gap: usize,
     replica_reads: f64,
+    /// B's `/metrics` after the failover.
+    metrics: String,
 }
 
 /// The workload around one failover: `kill` kills a master (and says which),
@@ -233,7 +235,8 @@ async fn survive_a_failover(
         assert!(metric(c, "reportd_redis_failovers_seen_total").await >= 1.0);
     }
     let polls_in_gap = polls.iter().filter(|p| p.at >= died && p.at <= back_at).count();
-    Gap { back: back_at - died, polls: polls.len(), polls_in_gap, replica_reads }
+    let metrics = b.client.http.get(b.client.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    Gap { back: back_at - died, polls: polls.len(), polls_in_gap, replica_reads, metrics }
 }
 
 fn report(what: &str, gap: &Gap) {
@@ -282,6 +285,8 @@ async fn sentinel_failover_keeps_every_poll_answering_and_both_instances_follow_
     let promoted = sentinels.wait_for_new_master(old, Duration::from_secs(30)).await;
     assert_eq!(*new_master.lock().unwrap(), Some(promoted), "the instances use the master the sentinels name");
     assert!(gap.replica_reads > 0.0, "B found A's tasks on the replica during the gap");
+    let topology = format!("reportd_redis_topology{{mode=\"sentinel\",master=\"127.0.0.1:{promoted}\"}} 1");
+    assert!(gap.metrics.lines().any(|l| l == topology), "{topology} in\n{}", gap.metrics);
     report("sentinel failover", &gap);
 }
 
@@ -305,5 +310,9 @@ async fn cluster_failover_keeps_every_poll_answering_and_both_instances_carry_on
         },
     )
     .await;
+    for line in ["reportd_redis_cluster_slots_covered 16384", "reportd_redis_replica_reads_available 1"] {
+        assert!(gap.metrics.lines().any(|l| l == line), "{line} in\n{}", gap.metrics);
+    }
+    assert!(gap.replica_reads > 0.0, "B found A's tasks on a replica during the gap");
     report("cluster failover", &gap);
 }
