@@ -453,27 +453,37 @@ mod tests {
         (sizes, all)
     }
 
+    /// A migrated database in `dir` with one user.
+    async fn with_a_user(dir: &std::path::Path) -> (Database, UserId) {
+        let (pool, migrator) = database_at(dir, 0).await;
+        migrator.run(&pool).await.unwrap();
+        let db = Database { pool };
+        let user = UserId::generate();
+        add_user(db.pool(), user.as_str()).await;
+        (db, user)
+    }
+
+    fn staged(user: &UserId, task: &TaskId, size: usize, created_at: i64) -> StagedUpload {
+        StagedUpload {
+            task_id: task.to_string(),
+            user_id: user.to_string(),
+            filename: "f.txt".into(),
+            title: String::new(),
+            format: "txt".into(),
+            size_bytes: size as i64,
+            created_at,
+        }
+    }
+
     /// A stream job that was never started long after it was staged lost
     /// its entry and is adopted; a recent one is left to the stream, and a
     /// local job under a live lease to its holder.
     #[tokio::test]
     async fn stream_jobs_that_never_started_are_orphans_after_a_while() {
         let dir = tempfile::TempDir::new().unwrap();
-        let (pool, migrator) = database_at(dir.path(), 0).await;
-        migrator.run(&pool).await.unwrap();
-        let db = Database { pool };
-        let user = UserId::generate();
-        add_user(db.pool(), user.as_str()).await;
+        let (db, user) = with_a_user(dir.path()).await;
         let (lost, recent, held) = (TaskId::generate(), TaskId::generate(), TaskId::generate());
-        let upload = |task: &TaskId, created_at: i64| StagedUpload {
-            task_id: task.to_string(),
-            user_id: user.to_string(),
-            filename: "f.txt".into(),
-            title: String::new(),
-            format: "txt".into(),
-            size_bytes: 1,
-            created_at,
-        };
+        let upload = |task: &TaskId, created_at: i64| staged(&user, task, 1, created_at);
         db.stage_upload(&upload(&lost, 1_000), &mut &b"x"[..], JobQueue::Redis, None).await.unwrap();
         db.stage_upload(&upload(&recent, 90_000), &mut &b"x"[..], JobQueue::Redis, None).await.unwrap();
         db.stage_upload(&upload(&held, 1_000), &mut &b"x"[..], JobQueue::Local, Some(("a", 500_000))).await.unwrap();
@@ -496,23 +506,11 @@ mod tests {
     #[tokio::test]
     async fn uploads_are_staged_in_parts() {
         let dir = tempfile::TempDir::new().unwrap();
-        let (pool, migrator) = database_at(dir.path(), 0).await;
-        migrator.run(&pool).await.unwrap();
-        let db = Database { pool };
-        let user = UserId::generate();
-        add_user(db.pool(), user.as_str()).await;
+        let (db, user) = with_a_user(dir.path()).await;
         let len = 2 * UPLOAD_PART_BYTES + 12_345;
         let bytes = content(len);
         let (task, empty) = (TaskId::generate(), TaskId::generate());
-        let upload = |task: &TaskId, size: usize| StagedUpload {
-            task_id: task.to_string(),
-            user_id: user.to_string(),
-            filename: "f.txt".into(),
-            title: String::new(),
-            format: "txt".into(),
-            size_bytes: size as i64,
-            created_at: 1,
-        };
+        let upload = |task: &TaskId, size: usize| staged(&user, task, size, 1);
         db.stage_upload(&upload(&task, len), &mut bytes.as_slice(), JobQueue::Local, Some(("me", 10))).await.unwrap();
         db.stage_upload(&upload(&empty, 0), &mut &b""[..], JobQueue::Redis, None).await.unwrap();
 

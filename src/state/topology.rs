@@ -377,19 +377,7 @@ impl Topology {
                 if let RedisTopology::Cluster { nodes } = &self.kind {
                     addrs.extend(nodes.iter().cloned());
                 }
-                let mut last = None;
-                for addr in addrs {
-                    let client = self.client_for(&addr)?;
-                    let ping = async {
-                        let mut c = client.get_multiplexed_async_connection().await?;
-                        redis::cmd("PING").query_async::<()>(&mut c).await
-                    };
-                    match bounded(self.settings.connect_timeout + self.settings.command_timeout, ping).await {
-                        Ok(()) => return Ok(client),
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(last.unwrap_or_else(|| io_error("no cluster node reachable")))
+                self.first_answering(addrs, "no cluster node reachable").await
             }
             _ => self.current().await?.node.ok_or_else(|| io_error("no node")),
         }
@@ -495,9 +483,14 @@ impl Topology {
     async fn any_data_node(&self) -> RedisResult<redis::Client> {
         let mut nodes = self.sentinel_view().await?;
         nodes.sort_by_key(|n| (!n.healthy, n.role == "master"));
+        self.first_answering(nodes.into_iter().map(|n| n.addr).collect(), "the sentinels list no server").await
+    }
+
+    /// A client for the first of `addrs` that answers `PING`, in order.
+    async fn first_answering(&self, addrs: Vec<String>, none: &'static str) -> RedisResult<redis::Client> {
         let mut last = None;
-        for node in nodes {
-            let client = self.client_for(&node.addr)?;
+        for addr in addrs {
+            let client = self.client_for(&addr)?;
             let ping = async {
                 let mut c = client.get_multiplexed_async_connection().await?;
                 redis::cmd("PING").query_async::<()>(&mut c).await
@@ -507,7 +500,7 @@ impl Topology {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| io_error("the sentinels list no server")))
+        Err(last.unwrap_or_else(|| io_error(none)))
     }
 
     /// A client for one data node, with the deployment's credentials.
