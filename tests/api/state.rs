@@ -128,10 +128,17 @@ async fn redis_outage_falls_back_to_memory_and_recovers() {
     assert!(metrics.contains("reportd_state_fallback_total"), "fallbacks are counted");
 
     redis.restart().await;
+    // What was written to memory during the outage is carried to Redis as
+    // soon as it is back, before anyone reads it (Redis came back empty).
+    let key = format!("langextract:test:task:import:{user}:{during}");
+    eventually(Duration::from_secs(10), "the outage's task status repaired to Redis", || async {
+        let found: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis.conn().await).await.unwrap();
+        found.is_some_and(|v| serde_json::from_str::<Value>(&v).unwrap()["status"] == "completed")
+    })
+    .await;
     eventually(Duration::from_secs(10), "redis used again", || async { c.readyz().await.1["status"] == "ready" }).await;
     let after = c.import(&token, "c.txt", sample_text()).await;
     c.wait_done(&token, &after).await;
-    // Reading the task finished during the outage carries it over to Redis.
     assert_eq!(c.status(&token, &during).await.1["status"], "completed");
     let keys = redis.keys_with_ttl().await;
     for task in [&during, &after] {
