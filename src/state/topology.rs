@@ -180,6 +180,9 @@ pub struct Topology {
     connecting: tokio::sync::Mutex<()>,
     report: RwLock<TopologyReport>,
     failovers: AtomicU64,
+    /// Sentinel probes so far: the sentinels' list of replicas (a report,
+    /// not needed to serve) is read on every tenth, and on a new master.
+    probes: AtomicU64,
 }
 
 pub const CLUSTER_SLOTS: u32 = 16384;
@@ -252,6 +255,7 @@ impl Topology {
             connecting: tokio::sync::Mutex::new(()),
             report: RwLock::new(report),
             failovers: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
         }))
     }
 
@@ -400,10 +404,12 @@ impl Topology {
             },
             Link::Single(_) => self.check_node().await,
             Link::Sentinel(_) => {
+                let mut moved = false;
                 match self.ask_sentinels().await {
                     Ok(client) => {
                         let known = self.current.read().expect("lock").as_ref().and_then(|c| c.addr.clone());
                         if known.as_deref() != Some(addr_of(&client).as_str()) {
+                            moved = true;
                             let conn =
                                 self.manager(&client, self.settings.command_timeout).map_err(|e| e.to_string())?;
                             self.install(Current {
@@ -417,7 +423,9 @@ impl Topology {
                     // used while it answers as a master.
                     Err(e) => tracing::debug!(error = %e, "sentinels not reachable"),
                 }
-                self.sentinel_nodes().await;
+                if moved || self.probes.fetch_add(1, Ordering::Relaxed).is_multiple_of(10) {
+                    self.sentinel_nodes().await;
+                }
                 self.check_node().await
             }
             Link::Cluster(_) => self.check_cluster().await,
