@@ -627,7 +627,7 @@ impl Topology {
 /// command at the moment — loading its data, a replica (`READONLY`: a
 /// demoted master after a failover), a master without its replicas, a
 /// cluster that is down, resharding or failing over, sentinels that cannot
-/// name a master. These go through the breaker and the fallback; they are
+/// name a master, a master that has too few replicas to take writes. These go through the breaker and the fallback; they are
 /// never a 500.
 pub fn is_unavailability(e: &RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
@@ -652,6 +652,8 @@ pub fn is_unavailability(e: &RedisError) -> bool {
                 | ErrorKind::NoValidReplicasFoundBySentinel
                 | ErrorKind::EmptySentinelList
         )
+        // A master with `min-replicas-to-write` and too few replicas.
+        || e.code() == Some("NOREPLICAS")
 }
 
 /// `CLUSTER NODES` as node reports (`<id> <ip:port@cport[,host]> <flags>

@@ -578,3 +578,22 @@ async fn a_read_only_replica_is_an_outage_not_an_error() {
     assert_eq!(c.status(&token, &task).await.0, 200);
     assert_eq!(c.json(&token, "/documents").await["total"], 1);
 }
+
+/// A master with `min-replicas-to-write` and too few replicas refuses
+/// writes with `NOREPLICAS`: an outage for writes (they fall back), not a
+/// refused command (a 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_without_enough_replicas_is_an_outage_not_an_error() {
+    let redis = TestRedis::start().await;
+    let mut conn = redis.conn().await;
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("min-replicas-to-write").arg("1").query_async(&mut conn).await.unwrap();
+    let t = TestApp::spawn(|s| s.with_redis(&redis)).await;
+    let c = &t.client;
+    let token = c.user("noreplicas").await;
+    let task = c.import(&token, "a.txt", sample_text()).await;
+    let done = c.wait_done(&token, &task).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(c.status(&token, &task).await.0, 200);
+    assert_eq!(c.json(&token, "/documents").await["total"], 1);
+}
